@@ -1,0 +1,131 @@
+//! The command line: `serve` and `check-config`.
+//!
+//! Exit codes: 0 on a clean stop (including after SIGTERM), 78 (EX_CONFIG)
+//! for a configuration that cannot be used, 1 when the server fails.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::server;
+
+/// Exit code for an unusable configuration (sysexits.h EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// infergate: a gRPC gateway that runs synchronous LLM backends on bounded
+/// per-model worker pools, so that concurrent calls overlap.
+#[derive(Debug, Parser)]
+#[command(name = "infergate", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gateway (the embedded default models without --config).
+    Serve(ServeArgs),
+    /// Validate a configuration file and print the effective configuration.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+/// Flags of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file; without it, the embedded default.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address, overriding [server] listen.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Prometheus /metrics address, overriding [server] metrics_listen.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+}
+
+impl ServeArgs {
+    /// The configuration these flags select, with their overrides applied.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::embedded_default()?,
+        };
+        if let Some(addr) = &self.listen {
+            config.server.listen = flag_addr("--listen", addr)?;
+        }
+        if let Some(addr) = &self.metrics_listen {
+            config.server.metrics_listen = flag_addr("--metrics-listen", addr)?;
+        }
+        Ok(config)
+    }
+}
+
+fn flag_addr(flag: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| ConfigError {
+        source: "command line".into(),
+        line: None,
+        key: Some(flag.into()),
+        message: format!("\"{value}\" is not an address like 127.0.0.1:50051"),
+    })
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::CheckConfig { file } => check_config(&file),
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let config = match args.load() {
+        Ok(config) => config,
+        Err(e) => return config_error(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("infergate-rt")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server::serve(&config, server::shutdown_signal())) {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "server failed");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::from_file(file) {
+        Ok(config) => {
+            println!("# {}: valid; the effective configuration:", file.display());
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => config_error(&e),
+    }
+}
+
+fn config_error(error: &ConfigError) -> ExitCode {
+    eprintln!("config error: {error}");
+    ExitCode::from(EXIT_CONFIG)
+}

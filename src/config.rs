@@ -1,0 +1,541 @@
+//! The configuration file: its structure, defaults and validation.
+//!
+//! A [`Config`] is read once at start-up, from a TOML file or from the
+//! embedded default ([`DEFAULT_CONFIG_TOML`]), then checked once by
+//! [`Config::validate`]. Every error names the key it is about (and the line,
+//! where the TOML parser gives it), so that a bad file is refused with one
+//! clear line instead of failing later under load.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The configuration used when `serve` is given no `--config`: simulated
+/// models that replay the original two-task story, and a fast one for load
+/// tests.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("default.toml");
+
+/// Default gRPC listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default Prometheus exporter address.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// Default time given to queued and running calls to finish at shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 30;
+/// Default largest request message, in bytes (gRPC's usual 4 MiB).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Default HTTP/2 streams (calls) one connection may have open at once.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 16_384;
+/// Default worker threads per model.
+pub const DEFAULT_WORKERS: usize = 4;
+/// Default number of calls that may wait for a worker.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
+/// Default deadline of a call whose client sets none.
+pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+/// Default upper bound on `max_tokens` in a request.
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+/// Most worker threads one model may have.
+pub const MAX_WORKERS: usize = 4096;
+/// Largest queue one model may have.
+pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listen addresses and transport limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The models served, in the order ListModels reports them.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+}
+
+/// The `[server]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the gRPC server.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Address of the Prometheus `/metrics` endpoint.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: SocketAddr,
+    /// How long queued and running calls may take to finish after SIGTERM.
+    #[serde(default = "default_shutdown_grace_seconds")]
+    pub shutdown_grace_seconds: u64,
+    /// Largest request message accepted; larger ones get RESOURCE_EXHAUSTED.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            metrics_listen: default_metrics_listen(),
+            shutdown_grace_seconds: DEFAULT_SHUTDOWN_GRACE_SECONDS,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The shutdown grace as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds)
+    }
+}
+
+/// Which backend serves a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Deterministic text after a configured delay: demos and load tests.
+    Simulated,
+}
+
+impl BackendKind {
+    /// The name used in the config file and in ListModels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Simulated => "simulated",
+        }
+    }
+}
+
+/// One `[[models]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name clients put in `GenerateRequest.model`.
+    pub name: String,
+    /// Which backend runs the calls.
+    pub backend: BackendKind,
+    /// Backend calls that may run at once (one OS thread each).
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Calls that may wait for a worker; beyond that, RESOURCE_EXHAUSTED.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Deadline of a call whose client sets no grpc-timeout.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Largest `max_tokens` a request may ask for.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// Settings of the simulated backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulated: Option<SimulatedConfig>,
+}
+
+impl ModelConfig {
+    /// A model with default pool settings, for the given backend.
+    pub fn new(name: impl Into<String>, backend: BackendKind) -> Self {
+        ModelConfig {
+            name: name.into(),
+            backend,
+            workers: DEFAULT_WORKERS,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            max_tokens: DEFAULT_MAX_TOKENS,
+            simulated: None,
+        }
+    }
+
+    /// The deadline applied when the client sets none.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// How the simulated backend spends its latency.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SimulatedMode {
+    /// Sleeps: like waiting on I/O or a remote model; costs no CPU.
+    #[default]
+    Sleep,
+    /// Spins: burns one core for the whole latency, like local inference.
+    Spin,
+}
+
+/// The `[models.simulated]` table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedConfig {
+    /// Blocking time per call, before the first token.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Extra blocking time per generated token.
+    #[serde(default)]
+    pub token_latency_ms: u64,
+    /// Sleep (I/O-like) or spin (CPU-bound).
+    #[serde(default)]
+    pub mode: SimulatedMode,
+    /// Tokens produced when the request does not set `max_tokens`; unset,
+    /// the input's words are echoed once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u32>,
+}
+
+impl Default for SimulatedConfig {
+    fn default() -> Self {
+        SimulatedConfig {
+            latency_ms: 0,
+            token_latency_ms: 0,
+            mode: SimulatedMode::Sleep,
+            output_tokens: None,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    parse_default_addr(DEFAULT_LISTEN)
+}
+fn default_metrics_listen() -> SocketAddr {
+    parse_default_addr(DEFAULT_METRICS_LISTEN)
+}
+fn parse_default_addr(addr: &str) -> SocketAddr {
+    // The defaults are constants checked by the `defaults_parse` test.
+    addr.parse().expect("default address constant is valid")
+}
+fn default_shutdown_grace_seconds() -> u64 {
+    DEFAULT_SHUTDOWN_GRACE_SECONDS
+}
+fn default_max_message_bytes() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
+}
+fn default_max_concurrent_streams() -> u32 {
+    DEFAULT_MAX_CONCURRENT_STREAMS
+}
+fn default_workers() -> usize {
+    DEFAULT_WORKERS
+}
+fn default_queue_capacity() -> usize {
+    DEFAULT_QUEUE_CAPACITY
+}
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+fn default_max_tokens() -> u32 {
+    DEFAULT_MAX_TOKENS
+}
+
+/// A configuration that cannot be used, with the key (and line) at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where the configuration came from: a file path or "embedded default".
+    pub source: String,
+    /// The line, when the parser knows it (1-based).
+    pub line: Option<usize>,
+    /// The key at fault, as a path such as `models[1].workers`, when known.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.source)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: source.clone(),
+            line: None,
+            key: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Config::from_toml(&text, &source)
+    }
+
+    /// The embedded default configuration, validated.
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Config::from_toml(DEFAULT_CONFIG_TOML, "embedded default")
+    }
+
+    /// Parses and validates TOML text; `source` names it in errors.
+    pub fn from_toml(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| parse_error(e, text, source))?;
+        config.validate().map_err(|(key, message)| ConfigError {
+            source: source.to_string(),
+            line: line_of_model_key(text, &key),
+            key: Some(key),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// The configuration as TOML, every default filled in.
+    pub fn to_toml(&self) -> String {
+        // Serialising plain structs of strings and numbers cannot fail.
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Checks what the types cannot: ranges, uniqueness, matching sections.
+    /// Returns the key at fault and what is wrong with it.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.server.max_message_bytes < 1024 {
+            return Err((
+                "server.max_message_bytes".into(),
+                "must be at least 1024".into(),
+            ));
+        }
+        if self.server.max_concurrent_streams == 0 {
+            return Err((
+                "server.max_concurrent_streams".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.models.is_empty() {
+            return Err((
+                "models".into(),
+                "at least one [[models]] entry is required".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, model) in self.models.iter().enumerate() {
+            let key = |field: &str| format!("models[{i}].{field}");
+            validate_model_name(&model.name).map_err(|m| (key("name"), m))?;
+            if !names.insert(model.name.as_str()) {
+                return Err((
+                    key("name"),
+                    format!("duplicate model name \"{}\"", model.name),
+                ));
+            }
+            if model.workers == 0 || model.workers > MAX_WORKERS {
+                return Err((
+                    key("workers"),
+                    format!("must be between 1 and {MAX_WORKERS}, got {}", model.workers),
+                ));
+            }
+            if model.queue_capacity > MAX_QUEUE_CAPACITY {
+                return Err((
+                    key("queue_capacity"),
+                    format!(
+                        "must be at most {MAX_QUEUE_CAPACITY}, got {}",
+                        model.queue_capacity
+                    ),
+                ));
+            }
+            if model.timeout_ms == 0 {
+                return Err((key("timeout_ms"), "must be at least 1".into()));
+            }
+            if model.max_tokens == 0 {
+                return Err((key("max_tokens"), "must be at least 1".into()));
+            }
+            if let Some(sim) = &model.simulated {
+                if model.backend != BackendKind::Simulated {
+                    return Err((
+                        key("simulated"),
+                        format!(
+                            "is set but backend is \"{}\", not \"simulated\"",
+                            model.backend.as_str()
+                        ),
+                    ));
+                }
+                if sim.output_tokens == Some(0) {
+                    return Err((key("simulated.output_tokens"), "must be at least 1".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The configuration of the named model.
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
+
+/// Model names appear in metrics labels, health service names and logs, so
+/// they are kept to a safe character set.
+fn validate_model_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > 128 {
+        return Err("must be at most 128 bytes".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/')))
+    {
+        return Err(format!(
+            "\"{name}\" has the character {c:?}; use letters, digits and - _ . : /"
+        ));
+    }
+    Ok(())
+}
+
+/// Turns a TOML error into a ConfigError with its line, and the key of that
+/// line when the parser's message does not name one.
+fn parse_error(error: toml::de::Error, text: &str, source: &str) -> ConfigError {
+    let line = error
+        .span()
+        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+    let key = line.and_then(|l| {
+        let (key, _) = text.lines().nth(l - 1)?.split_once('=')?;
+        Some(match table_at_line(text, l) {
+            Some(table) => format!("{table}.{}", key.trim()),
+            None => key.trim().to_string(),
+        })
+    });
+    ConfigError {
+        source: source.to_string(),
+        line,
+        key,
+        message: error.message().trim().to_string(),
+    }
+}
+
+/// The table a line belongs to, as a key path: `server`, `models[1]`,
+/// `models[1].simulated`.
+fn table_at_line(text: &str, line: usize) -> Option<String> {
+    let mut table = None;
+    let mut models = 0usize;
+    for l in text.lines().take(line) {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            let name = name.trim();
+            if name == "models" {
+                models += 1;
+                table = Some(format!("models[{}]", models - 1));
+            } else {
+                table = Some(name.to_string());
+            }
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            let name = name.trim();
+            table = Some(match name.strip_prefix("models.") {
+                Some(sub) if models > 0 => format!("models[{}].{sub}", models - 1),
+                _ => name.to_string(),
+            });
+        }
+    }
+    table
+}
+
+/// Finds the line of `models[i].field` in the text, counting `[[models]]`
+/// headers, so validation errors point at a line too.
+fn line_of_model_key(text: &str, key: &str) -> Option<usize> {
+    let rest = key.strip_prefix("models[")?;
+    let (index, field) = rest.split_once("].")?;
+    let index: usize = index.parse().ok()?;
+    let field = field.rsplit('.').next()?;
+    let mut seen = None;
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("[[models]]") {
+            seen = Some(seen.map_or(0, |s: usize| s + 1));
+        } else if seen == Some(index)
+            && trimmed
+                .split_once('=')
+                .is_some_and(|(k, _)| k.trim() == field)
+        {
+            return Some(n + 1);
+        } else if seen.is_some_and(|s| s > index) {
+            break;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> ConfigError {
+        match Config::from_toml(text, "test.toml") {
+            Ok(_) => panic!("config should have been refused:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let config = Config::embedded_default().expect("embedded default is valid");
+        assert_eq!(config.server.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert!(!config.models.is_empty());
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let config = Config::embedded_default().unwrap();
+        let again = Config::from_toml(&config.to_toml(), "rendered").unwrap();
+        assert_eq!(again.models.len(), config.models.len());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = error("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n");
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_names_the_key() {
+        let e = error("[server]\nlisten = \"nowhere\"\n");
+        assert_eq!(e.key.as_deref(), Some("server.listen"));
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn nested_keys_get_their_table_path() {
+        let e = error(
+            "[[models]]\nname = \"a\"\nbackend = \"simulated\"\n[[models]]\nname = \"b\"\nbackend = \"simulated\"\n[models.simulated]\nlatency_ms = \"slow\"\n",
+        );
+        assert_eq!(e.key.as_deref(), Some("models[1].simulated.latency_ms"));
+        assert_eq!(e.line, Some(8));
+    }
+
+    #[test]
+    fn zero_workers_is_refused() {
+        let e = error("[[models]]\nname = \"a\"\nbackend = \"simulated\"\nworkers = 0\n");
+        assert_eq!(e.key.as_deref(), Some("models[0].workers"));
+        assert_eq!(e.line, Some(4));
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let e = error(
+            "[[models]]\nname = \"a\"\nbackend = \"simulated\"\n[[models]]\nname = \"a\"\nbackend = \"simulated\"\n",
+        );
+        assert_eq!(e.key.as_deref(), Some("models[1].name"));
+        assert_eq!(e.line, Some(5));
+    }
+
+    #[test]
+    fn unknown_backend_is_refused() {
+        let e = error("[[models]]\nname = \"a\"\nbackend = \"magic\"\n");
+        assert_eq!(e.key.as_deref(), Some("models[0].backend"));
+    }
+
+    #[test]
+    fn bad_model_name_is_refused() {
+        let e = error("[[models]]\nname = \"a b\"\nbackend = \"simulated\"\n");
+        assert_eq!(e.key.as_deref(), Some("models[0].name"));
+    }
+}

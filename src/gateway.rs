@@ -1,0 +1,312 @@
+//! The gateway core: the models, admission, deadlines and shutdown state.
+//!
+//! A [`Gateway`] owns one [`WorkerPool`] per model. An RPC handler calls
+//! [`Gateway::generate`] or [`Gateway::generate_stream`]; those find the
+//! model, check the request, set the deadline, submit the job and wait for
+//! the reply without holding any lock. Every call holds a token of the
+//! gateway's task tracker until it ends, which is how shutdown knows when the
+//! gateway has drained.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
+use crate::backend::{BackendFactory, SimulatedFactory};
+use crate::config::{BackendKind, Config, ModelConfig};
+use crate::error::{Error, Stage};
+use crate::pool::{Outcome, PoolStats, Reply, WorkerPool};
+use crate::proto;
+use crate::request;
+use crate::stream::GenerationStream;
+
+/// How much earlier than the client's grpc-timeout the gateway gives up, as
+/// a fraction of the timeout, between [`MIN_CLIENT_MARGIN`] and
+/// [`MAX_CLIENT_MARGIN`]. Two timers race ours: tonic's server runs one on
+/// that header outside our service and answers CANCELLED "Timeout expired"
+/// when it fires first; and the client runs its own, started before the
+/// request was sent. Answering DEADLINE_EXCEEDED a little early is what lets
+/// the client see DEADLINE_EXCEEDED from the server (with the stage it
+/// expired in) rather than a local timeout.
+const CLIENT_MARGIN_DIVISOR: u32 = 20;
+/// Lower bound of the margin: two ticks of tokio's millisecond timer.
+const MIN_CLIENT_MARGIN: Duration = Duration::from_millis(2);
+/// Upper bound of the margin, for long timeouts.
+const MAX_CLIENT_MARGIN: Duration = Duration::from_millis(20);
+
+/// Events buffered between a streaming worker and its handler before the
+/// worker waits for the client to read.
+const STREAM_BUFFER: usize = 32;
+
+/// A model: its configuration and its pool.
+pub struct Model {
+    /// The model's configuration.
+    pub config: ModelConfig,
+    pool: WorkerPool,
+}
+
+impl Model {
+    /// The pool's load right now.
+    pub fn stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+
+    /// The backend kind.
+    pub fn backend_kind(&self) -> &str {
+        self.pool.backend_kind()
+    }
+
+    /// The deadline of a call received at `received`, and its budget in ms.
+    fn deadline(&self, received: Instant, client_timeout: Option<Duration>) -> (Instant, u64) {
+        let (budget, effective) = match client_timeout {
+            Some(t) => {
+                let margin =
+                    (t / CLIENT_MARGIN_DIVISOR).clamp(MIN_CLIENT_MARGIN, MAX_CLIENT_MARGIN);
+                (t, t.saturating_sub(margin))
+            }
+            None => (self.config.timeout(), self.config.timeout()),
+        };
+        let deadline = received
+            .checked_add(effective)
+            .unwrap_or_else(|| received + Duration::from_secs(365 * 24 * 3600));
+        let ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
+        (deadline, ms)
+    }
+}
+
+/// A call that finished, with the gateway's view of its timing.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// What the worker returned.
+    pub outcome: Outcome,
+    /// From the handler receiving the call to the result being ready.
+    pub total: Duration,
+    /// From the handler receiving the call to the first token.
+    pub time_to_first_token: Option<Duration>,
+}
+
+impl Finished {
+    pub(crate) fn new(outcome: Outcome, received: Instant) -> Self {
+        let time_to_first_token = outcome
+            .first_token
+            .map(|t| t.saturating_duration_since(received));
+        Finished {
+            outcome,
+            total: received.elapsed(),
+            time_to_first_token,
+        }
+    }
+}
+
+/// Builds a [`Gateway`] from models and their backend factories; the way to
+/// serve a custom [`crate::backend::Backend`] from Rust.
+#[derive(Default)]
+pub struct GatewayBuilder {
+    models: Vec<(ModelConfig, Arc<dyn BackendFactory>)>,
+}
+
+impl GatewayBuilder {
+    /// Adds a model served by `factory`'s backends (its `backend` kind in
+    /// the config is then only a label).
+    pub fn model(mut self, config: ModelConfig, factory: Arc<dyn BackendFactory>) -> Self {
+        self.models.push((config, factory));
+        self
+    }
+
+    /// Starts every model's worker threads.
+    pub fn build(self) -> io::Result<Gateway> {
+        let mut models = Vec::with_capacity(self.models.len());
+        let mut by_name = HashMap::new();
+        for (config, factory) in self.models {
+            if by_name.insert(config.name.clone(), models.len()).is_some() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("duplicate model name \"{}\"", config.name),
+                ));
+            }
+            let pool =
+                WorkerPool::start(&config.name, config.workers, config.queue_capacity, factory)?;
+            models.push(Model { config, pool });
+        }
+        let known = models
+            .iter()
+            .map(|m: &Model| m.config.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(Gateway {
+            models,
+            by_name,
+            known,
+            shutting_down: AtomicBool::new(false),
+            tracker: TaskTracker::new(),
+        })
+    }
+}
+
+/// The gateway: the served models and the state of the whole server.
+pub struct Gateway {
+    /// In configuration order.
+    models: Vec<Model>,
+    by_name: HashMap<String, usize>,
+    /// The served names, for NOT_FOUND messages.
+    known: String,
+    shutting_down: AtomicBool,
+    /// One token per call in progress.
+    tracker: TaskTracker,
+}
+
+/// The backend factory for a configured model.
+pub fn factory_for(model: &ModelConfig) -> Arc<dyn BackendFactory> {
+    match model.backend {
+        BackendKind::Simulated => Arc::new(SimulatedFactory::new(
+            model.simulated.clone().unwrap_or_default(),
+        )),
+    }
+}
+
+impl Gateway {
+    /// A builder for a gateway with custom backends.
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::default()
+    }
+
+    /// Starts the models of a (validated) configuration.
+    pub fn from_config(config: &Config) -> io::Result<Gateway> {
+        config
+            .models
+            .iter()
+            .fold(Gateway::builder(), |b, m| {
+                b.model(m.clone(), factory_for(m))
+            })
+            .build()
+    }
+
+    /// The models, in configuration order.
+    pub fn models(&self) -> &[Model] {
+        &self.models
+    }
+
+    /// Runs a Generate call: the whole text once it is ready.
+    pub async fn generate(
+        &self,
+        request: proto::GenerateRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<Finished, Error> {
+        let received = Instant::now();
+        let _call = self.enter()?;
+        let model = self.model(&request.model)?;
+        let params = request::params(request, &model.config)?;
+        let (deadline, timeout_ms) = model.deadline(received, client_timeout);
+        let (tx, rx) = oneshot::channel();
+        let mut ticket = model
+            .pool
+            .submit(params, deadline, timeout_ms, Reply::Whole(tx))?;
+        let outcome = match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(reply) => {
+                ticket.settle();
+                reply.unwrap_or_else(|_| {
+                    Err(Error::Dropped {
+                        model: model.config.name.clone(),
+                    })
+                })?
+            }
+            Err(_) => {
+                return Err(Error::DeadlineExceeded {
+                    model: model.config.name.clone(),
+                    timeout_ms,
+                    stage: ticket.abandon().unwrap_or(Stage::Running),
+                });
+            }
+        };
+        Ok(Finished::new(outcome, received))
+    }
+
+    /// Starts a GenerateStream call: text as the backend produces it.
+    pub fn generate_stream(
+        &self,
+        request: proto::GenerateRequest,
+        client_timeout: Option<Duration>,
+    ) -> Result<GenerationStream, Error> {
+        let received = Instant::now();
+        let call = self.enter()?;
+        let model = self.model(&request.model)?;
+        let params = request::params(request, &model.config)?;
+        let (deadline, timeout_ms) = model.deadline(received, client_timeout);
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let ticket = model
+            .pool
+            .submit(params, deadline, timeout_ms, Reply::Stream(tx))?;
+        Ok(GenerationStream::new(
+            rx,
+            ticket,
+            call,
+            model.config.name.clone(),
+            received,
+            deadline,
+            timeout_ms,
+        ))
+    }
+
+    /// Admits a call unless the gateway is shutting down.
+    fn enter(&self) -> Result<TaskTrackerToken, Error> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(self.tracker.token())
+    }
+
+    fn model(&self, name: &str) -> Result<&Model, Error> {
+        if name.is_empty() {
+            return Err(Error::invalid(
+                "model",
+                format!("required; this gateway serves: {}", self.known),
+            ));
+        }
+        self.by_name
+            .get(name)
+            .map(|&i| &self.models[i])
+            .ok_or_else(|| Error::ModelNotFound {
+                model: name.to_string(),
+                known: self.known.clone(),
+            })
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Stops admitting calls: new ones get UNAVAILABLE; the ones in
+    /// progress go on.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.tracker.close();
+        for model in &self.models {
+            model.pool.close();
+        }
+    }
+
+    /// Calls in progress (queued, running, or sending their answer).
+    pub fn in_flight(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Resolves once shutdown has begun and every call has ended.
+    pub async fn drained(&self) {
+        self.tracker.wait().await;
+    }
+
+    /// Ends every call now (the grace ran out): returns how many were
+    /// queued and how many running.
+    pub fn abort(&self) -> (usize, usize) {
+        self.models.iter().fold((0, 0), |(q, r), model| {
+            let (mq, mr) = model.pool.abort();
+            (q + mq, r + mr)
+        })
+    }
+}

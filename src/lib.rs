@@ -1,0 +1,54 @@
+//! infergate: a gRPC inference gateway that runs synchronous model backends
+//! on bounded per-model worker pools, so that concurrent calls overlap.
+//!
+//! A call travels: [`service`] (proto in) → [`gateway`] (find the model,
+//! [`request`] checks, deadline) → [`pool`] (bounded queue, worker thread) →
+//! [`backend`] (the blocking model call) → back on a oneshot, or through a
+//! channel for streams ([`stream`]) → [`service`] (proto out). [`error`] maps
+//! every failure to one gRPC status; [`server`] wires health, reflection and
+//! the shutdown sequence; [`config`] reads the TOML file.
+//!
+//! Modules:
+//! - [`config`]: the configuration file, defaults and validation
+//! - [`server`]: `run(listener, config, gateway, shutdown)` and `serve`
+//! - [`service`]: the generated `Inference` trait, conversions only
+//! - [`gateway`]: models, admission, deadlines, shutdown state
+//! - [`request`]: request validation and `grpc-timeout`
+//! - [`pool`]: the worker pool: queue, workers, tickets
+//! - [`stream`]: the handler side of a streaming call
+//! - [`backend`]: the synchronous `Backend` trait and the shipped backends
+//! - [`cancel`]: a cancel signal synchronous code can wait on
+//! - [`error`]: the error type and its status codes
+//! - [`message_limit`]: oversized requests → RESOURCE_EXHAUSTED
+//! - [`cli`]: the command line
+
+pub mod backend;
+pub mod cancel;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod message_limit;
+pub mod pool;
+pub mod request;
+pub mod server;
+pub mod service;
+pub mod stream;
+
+/// The generated messages, server and client of `infergate.v1`.
+#[allow(
+    missing_docs,
+    clippy::doc_lazy_continuation,
+    clippy::doc_overindented_list_items
+)]
+pub mod proto {
+    tonic::include_proto!("infergate.v1");
+
+    /// The encoded descriptors of `proto/`, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/infergate_descriptor.bin"));
+}
+
+pub use config::Config;
+pub use error::Error;
+pub use gateway::Gateway;

@@ -1,0 +1,202 @@
+//! Runs the gRPC server: the inference service, health, reflection, and the
+//! shutdown sequence.
+//!
+//! [`run`] is the seam tests use: it takes a bound listener, so a test binds
+//! `127.0.0.1:0` and learns the port before the server starts.
+//!
+//! Shutdown order, when the `shutdown` future resolves: health turns
+//! NOT_SERVING; the gateway stops admitting (new calls get UNAVAILABLE);
+//! queued and running calls get `shutdown_grace_seconds` to finish; if the
+//! grace runs out, what is left is cut off and logged; then the listener
+//! closes and connections get a short moment to flush their last answers.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::{Config, ServerConfig};
+use crate::gateway::Gateway;
+use crate::message_limit::OversizeAsResourceExhausted;
+use crate::proto;
+use crate::proto::inference_server::InferenceServer;
+use crate::service::InferenceService;
+
+/// How long connections get, after the calls have drained, to deliver their
+/// last answers before the server stops waiting for them (health Watch
+/// streams never end on their own).
+const CONNECTION_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// How long calls cut off at the end of the grace get to send their error.
+const ABORT_WAIT: Duration = Duration::from_secs(1);
+
+/// HTTP/2 pings keep idle client connections from being dropped by
+/// middleboxes, and find dead peers.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Binding or accepting failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Starting a model's worker threads failed.
+    #[error("cannot start the worker pools: {0}")]
+    Pools(std::io::Error),
+    /// The reflection service could not read the descriptors.
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("gRPC transport error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Binds `config.server.listen`, starts the models and serves until
+/// `shutdown` resolves.
+pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let addr = config.server.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let gateway = Arc::new(Gateway::from_config(config).map_err(ServeError::Pools)?);
+    run(listener, &config.server, gateway, shutdown).await
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then drains.
+pub async fn run(
+    listener: TcpListener,
+    config: &ServerConfig,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, models = gateway.models().len(), "serving gRPC");
+    }
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, &gateway, ServingStatus::Serving).await;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let inference = InferenceServer::new(InferenceService::new(gateway.clone()))
+        .max_decoding_message_size(config.max_message_bytes);
+
+    let stop = CancellationToken::new();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // No tower limits here: admission is per model, in the pools, where a
+    // refusal can name the model and count in its metrics. A server-wide
+    // layer would also throttle health checks and reflection.
+    let server = Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(OversizeAsResourceExhausted::new(inference))
+        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+    tokio::pin!(server);
+
+    tokio::select! {
+        result = &mut server => return result.map_err(ServeError::from),
+        () = shutdown => {}
+    }
+
+    tracing::info!(
+        in_flight = gateway.in_flight(),
+        grace_seconds = config.shutdown_grace_seconds,
+        "shutdown requested: refusing new calls and draining"
+    );
+    gateway.begin_shutdown();
+    set_health(&health, &gateway, ServingStatus::NotServing).await;
+
+    let drain = async {
+        if tokio::time::timeout(config.shutdown_grace(), gateway.drained())
+            .await
+            .is_err()
+        {
+            let (queued, running) = gateway.abort();
+            tracing::warn!(
+                queued,
+                running,
+                "shutdown grace ran out: cut off {queued} queued and {running} running calls"
+            );
+            let _ = tokio::time::timeout(ABORT_WAIT, gateway.drained()).await;
+        } else {
+            tracing::info!("all calls finished");
+        }
+        stop.cancel();
+    };
+    tokio::pin!(drain);
+    // Keep serving while draining: the calls being drained need their
+    // connections.
+    tokio::select! {
+        result = &mut server => return result.map_err(ServeError::from),
+        () = &mut drain => {}
+    }
+    match tokio::time::timeout(CONNECTION_CLOSE_WAIT, &mut server).await {
+        Ok(result) => result.map_err(ServeError::from),
+        Err(_) => {
+            tracing::debug!("connections still open after the drain (e.g. health Watch); closing");
+            Ok(())
+        }
+    }
+}
+
+/// Sets the overall status, the service's, and every model's.
+async fn set_health(health: &HealthReporter, gateway: &Gateway, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <InferenceServer<InferenceService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    for model in gateway.models() {
+        health.set_service_status(&model.config.name, status).await;
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received SIGINT"),
+        () = terminate => tracing::info!("received SIGTERM"),
+    }
+}

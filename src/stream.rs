@@ -1,0 +1,114 @@
+//! The handler side of a streaming call: text from the worker, bounded by
+//! the call's deadline.
+//!
+//! [`GenerationStream`] reads the worker's events straight from its channel
+//! (no task in between) and races them against the deadline. Dropping it,
+//! which tonic does when the client goes away, drops the [`Ticket`] and so
+//! cancels the call; the worker's next `emit` fails and the backend stops.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio::time::Sleep;
+use tokio_stream::Stream;
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
+use crate::error::{Error, Stage};
+use crate::gateway::Finished;
+use crate::pool::StreamEvent;
+use crate::pool::Ticket;
+
+/// One item of a streaming call.
+#[derive(Debug)]
+pub enum StreamItem {
+    /// The next piece of text.
+    Text(String),
+    /// The end: usage and timing.
+    Finished(Finished),
+}
+
+/// The events of one streaming call, ending after the final item or the
+/// first error.
+pub struct GenerationStream {
+    rx: mpsc::Receiver<StreamEvent>,
+    ticket: Ticket,
+    /// Held until the stream is dropped: the call counts as in flight.
+    _call: TaskTrackerToken,
+    model: String,
+    received: Instant,
+    deadline: Pin<Box<Sleep>>,
+    timeout_ms: u64,
+    done: bool,
+}
+
+impl GenerationStream {
+    pub(crate) fn new(
+        rx: mpsc::Receiver<StreamEvent>,
+        ticket: Ticket,
+        call: TaskTrackerToken,
+        model: String,
+        received: Instant,
+        deadline: Instant,
+        timeout_ms: u64,
+    ) -> Self {
+        GenerationStream {
+            rx,
+            ticket,
+            _call: call,
+            model,
+            received,
+            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+            timeout_ms,
+            done: false,
+        }
+    }
+
+    /// The model serving this call.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn end(&mut self, item: Result<StreamItem, Error>) -> Poll<Option<Result<StreamItem, Error>>> {
+        self.done = true;
+        self.ticket.settle();
+        Poll::Ready(Some(item))
+    }
+}
+
+impl Stream for GenerationStream {
+    type Item = Result<StreamItem, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(StreamEvent::Text(text))) => {
+                Poll::Ready(Some(Ok(StreamItem::Text(text))))
+            }
+            Poll::Ready(Some(StreamEvent::Done(Ok(outcome)))) => {
+                let finished = Finished::new(outcome, self.received);
+                self.end(Ok(StreamItem::Finished(finished)))
+            }
+            Poll::Ready(Some(StreamEvent::Done(Err(error)))) => self.end(Err(error)),
+            Poll::Ready(None) => {
+                let model = self.model.clone();
+                self.end(Err(Error::Dropped { model }))
+            }
+            Poll::Pending => {
+                if self.deadline.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let stage = self.ticket.abandon().unwrap_or(Stage::Running);
+                self.done = true;
+                Poll::Ready(Some(Err(Error::DeadlineExceeded {
+                    model: self.model.clone(),
+                    timeout_ms: self.timeout_ms,
+                    stage,
+                })))
+            }
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Test helpers: a real server on 127.0.0.1:0, started through the library,
+//! with tonic clients, and a controllable backend that reports what it did.
+#![allow(dead_code)] // each test binary uses a different part of this file
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use infergate::backend::{
+    Backend, BackendError, BackendFactory, CallContext, Completion, FinishReason, GenerateParams,
+};
+use infergate::config::{BackendKind, Config, ModelConfig, ServerConfig};
+use infergate::gateway::Gateway;
+use infergate::proto;
+use infergate::proto::inference_client::InferenceClient;
+use infergate::server::{self, ServeError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// A gateway serving on a loopback port, stopped on `shutdown` or drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), ServeError>>>,
+}
+
+impl TestServer {
+    /// Starts the models of a TOML configuration.
+    pub async fn start(toml: &str) -> TestServer {
+        let config = Config::from_toml(toml, "test").expect("test config is valid");
+        let gateway = Gateway::from_config(&config).expect("pools start");
+        TestServer::start_gateway(gateway, config.server).await
+    }
+
+    /// Serves an already built gateway.
+    pub async fn start_gateway(gateway: Gateway, server_config: ServerConfig) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let gateway = Arc::new(gateway);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn({
+            let gateway = gateway.clone();
+            async move {
+                server::run(listener, &server_config, gateway, async {
+                    let _ = stopped.await;
+                })
+                .await
+            }
+        });
+        TestServer {
+            addr,
+            gateway,
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to the test server")
+    }
+
+    pub async fn client(&self) -> InferenceClient<Channel> {
+        InferenceClient::new(self.channel().await)
+    }
+
+    /// Signals shutdown; returns a handle on the server's end.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<Result<(), ServeError>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.handle.take().expect("server running")
+    }
+
+    /// Shuts down and waits for the server to return.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        self.begin_shutdown().await.expect("server task")
+    }
+
+    /// The live stats of a model, through ListModels.
+    pub async fn model_info(&self, name: &str) -> proto::ModelInfo {
+        let mut client = self.client().await;
+        let models = client
+            .list_models(proto::ListModelsRequest {})
+            .await
+            .expect("ListModels")
+            .into_inner()
+            .models;
+        models
+            .into_iter()
+            .find(|m| m.name == name)
+            .expect("model is listed")
+    }
+
+    /// Waits (bounded) until ListModels shows the model in the given state:
+    /// the queue is observable only from outside, so this polls it.
+    pub async fn wait_for(&self, name: &str, check: impl Fn(&proto::ModelInfo) -> bool) {
+        let give_up = Instant::now() + Duration::from_secs(10);
+        loop {
+            let info = self.model_info(name).await;
+            if check(&info) {
+                return;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "model never reached the state: {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A TOML model entry for the simulated backend.
+pub fn simulated(name: &str, latency_ms: u64, workers: usize, queue_capacity: usize) -> String {
+    format!(
+        "[[models]]\nname = \"{name}\"\nbackend = \"simulated\"\nworkers = {workers}\nqueue_capacity = {queue_capacity}\n[models.simulated]\nlatency_ms = {latency_ms}\n"
+    )
+}
+
+/// A prompt request.
+pub fn request(model: &str, prompt: &str) -> proto::GenerateRequest {
+    proto::GenerateRequest {
+        model: model.into(),
+        prompt: prompt.into(),
+        ..Default::default()
+    }
+}
+
+/// A request with a grpc-timeout.
+pub fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// What the probe backend reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A call started, with its prompt.
+    Started(String),
+    /// A call ended; `cancelled` when it stopped because of cancellation.
+    Ended { prompt: String, cancelled: bool },
+}
+
+/// A backend driven by its prompt: `hold N` waits N ms (or until
+/// cancelled), `panic` panics, anything else answers at once. It reports
+/// every start and end, and counts the backends made.
+pub struct ProbeFactory {
+    events: mpsc::UnboundedSender<Event>,
+    pub created: Arc<AtomicUsize>,
+}
+
+impl ProbeFactory {
+    pub fn new() -> (Arc<ProbeFactory>, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Arc::new(ProbeFactory {
+                events: tx,
+                created: Arc::new(AtomicUsize::new(0)),
+            }),
+            rx,
+        )
+    }
+}
+
+impl BackendFactory for ProbeFactory {
+    fn kind(&self) -> &str {
+        "probe"
+    }
+
+    fn create(&self, _worker: usize) -> Result<Box<dyn Backend>, BackendError> {
+        self.created.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::new(Probe {
+            events: self.events.clone(),
+        }))
+    }
+}
+
+struct Probe {
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Backend for Probe {
+    fn generate(
+        &mut self,
+        params: &GenerateParams,
+        ctx: &mut CallContext<'_>,
+    ) -> Result<Completion, BackendError> {
+        let prompt = params.input.text();
+        let _ = self.events.send(Event::Started(prompt.clone()));
+        let mut cancelled = false;
+        if prompt == "panic" {
+            panic!("probe backend asked to panic");
+        }
+        if let Some(ms) = prompt.strip_prefix("hold ") {
+            let ms: u64 = ms.parse().expect("hold takes milliseconds");
+            cancelled = ctx.sleep(Duration::from_millis(ms)).is_err();
+        }
+        if !cancelled {
+            cancelled = ctx.emit(&prompt).is_err();
+        }
+        let _ = self.events.send(Event::Ended { prompt, cancelled });
+        if cancelled {
+            return Err(BackendError::cancelled());
+        }
+        Ok(Completion {
+            finish_reason: FinishReason::Stop,
+            prompt_tokens: 1,
+            completion_tokens: 1,
+        })
+    }
+}
+
+/// Serves one probe model named "probe".
+pub async fn probe_server(
+    workers: usize,
+    queue_capacity: usize,
+    server_config: ServerConfig,
+) -> (
+    TestServer,
+    Arc<ProbeFactory>,
+    mpsc::UnboundedReceiver<Event>,
+) {
+    let (factory, events) = ProbeFactory::new();
+    let mut model = ModelConfig::new("probe", BackendKind::Simulated);
+    model.workers = workers;
+    model.queue_capacity = queue_capacity;
+    let gateway = Gateway::builder()
+        .model(model, factory.clone())
+        .build()
+        .expect("pool starts");
+    (
+        TestServer::start_gateway(gateway, server_config).await,
+        factory,
+        events,
+    )
+}
+
+/// The next probe event, bounded in time.
+pub async fn next_event(events: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+    tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("an event within 10 s")
+        .expect("the backend is alive")
+}
