@@ -98,10 +98,10 @@ async fn sigterm_drains_a_running_call_and_exits_zero() {
         let mut addr_tx = Some(addr_tx);
         let mut lines = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                if let Some(tx) = addr_tx.take() {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
-                }
+            if let Some(rest) = line.split("addr=").nth(1)
+                && let Some(tx) = addr_tx.take()
+            {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
             }
             lines.push(line);
         }
