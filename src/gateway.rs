@@ -20,7 +20,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use crate::backend::{BackendFactory, SimulatedFactory};
 use crate::config::{BackendKind, Config, ModelConfig};
 use crate::error::{Error, Stage};
-use crate::pool::{Outcome, PoolStats, Reply, WorkerPool};
+use crate::pool::{Outcome, PoolStats, Reply, Ticket, WorkerPool};
 use crate::proto;
 use crate::request;
 use crate::stream::GenerationStream;
@@ -160,6 +160,17 @@ pub struct Gateway {
     tracker: TaskTracker,
 }
 
+/// A call admitted to its model's queue.
+struct Admitted<'a> {
+    /// Counts the call as in flight until dropped.
+    token: TaskTrackerToken,
+    model: &'a Model,
+    ticket: Ticket,
+    received: Instant,
+    deadline: Instant,
+    timeout_ms: u64,
+}
+
 /// The backend factory for a configured model.
 pub fn factory_for(model: &ModelConfig) -> Arc<dyn BackendFactory> {
     match model.backend {
@@ -197,33 +208,23 @@ impl Gateway {
         request: proto::GenerateRequest,
         client_timeout: Option<Duration>,
     ) -> Result<Finished, Error> {
-        let received = Instant::now();
-        let _call = self.enter()?;
-        let model = self.model(&request.model)?;
-        let params = request::params(request, &model.config)?;
-        let (deadline, timeout_ms) = model.deadline(received, client_timeout);
         let (tx, rx) = oneshot::channel();
-        let mut ticket = model
-            .pool
-            .submit(params, deadline, timeout_ms, Reply::Whole(tx))?;
-        let outcome = match tokio::time::timeout_at(deadline.into(), rx).await {
+        let mut call = self.admit(request, client_timeout, Reply::Whole(tx))?;
+        let model = || call.model.config.name.clone();
+        let outcome = match tokio::time::timeout_at(call.deadline.into(), rx).await {
             Ok(reply) => {
-                ticket.settle();
-                reply.unwrap_or_else(|_| {
-                    Err(Error::Dropped {
-                        model: model.config.name.clone(),
-                    })
-                })?
+                call.ticket.settle();
+                reply.unwrap_or_else(|_| Err(Error::Dropped { model: model() }))?
             }
             Err(_) => {
                 return Err(Error::DeadlineExceeded {
-                    model: model.config.name.clone(),
-                    timeout_ms,
-                    stage: ticket.abandon().unwrap_or(Stage::Running),
+                    model: model(),
+                    timeout_ms: call.timeout_ms,
+                    stage: call.ticket.abandon().unwrap_or(Stage::Running),
                 });
             }
         };
-        Ok(Finished::new(outcome, received))
+        Ok(Finished::new(outcome, call.received))
     }
 
     /// Starts a GenerateStream call: text as the backend produces it.
@@ -232,24 +233,41 @@ impl Gateway {
         request: proto::GenerateRequest,
         client_timeout: Option<Duration>,
     ) -> Result<GenerationStream, Error> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let call = self.admit(request, client_timeout, Reply::Stream(tx))?;
+        Ok(GenerationStream::new(
+            rx,
+            call.ticket,
+            call.token,
+            call.model.config.name.clone(),
+            call.received,
+            call.deadline,
+            call.timeout_ms,
+        ))
+    }
+
+    /// Everything a call goes through before it waits: shutdown check,
+    /// model lookup, validation, deadline, admission to the queue.
+    fn admit(
+        &self,
+        request: proto::GenerateRequest,
+        client_timeout: Option<Duration>,
+        reply: Reply,
+    ) -> Result<Admitted<'_>, Error> {
         let received = Instant::now();
-        let call = self.enter()?;
+        let token = self.enter()?;
         let model = self.model(&request.model)?;
         let params = request::params(request, &model.config)?;
         let (deadline, timeout_ms) = model.deadline(received, client_timeout);
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let ticket = model
-            .pool
-            .submit(params, deadline, timeout_ms, Reply::Stream(tx))?;
-        Ok(GenerationStream::new(
-            rx,
+        let ticket = model.pool.submit(params, deadline, timeout_ms, reply)?;
+        Ok(Admitted {
+            token,
+            model,
             ticket,
-            call,
-            model.config.name.clone(),
             received,
             deadline,
             timeout_ms,
-        ))
+        })
     }
 
     /// Admits a call unless the gateway is shutting down.

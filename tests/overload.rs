@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Event, TestServer, next_event, probe_server, request, simulated, with_timeout};
+use common::{
+    Event, TestServer, next_event, probe_server, request, simulated, spawn_generate, with_timeout,
+};
 use infergate::config::{BackendKind, ModelConfig, ServerConfig};
 use infergate::gateway::Gateway;
 use tonic::Code;
@@ -15,18 +17,12 @@ async fn a_full_queue_refuses_at_once() {
     let (server, _factory, mut events) = probe_server(1, 1, ServerConfig::default()).await;
     let client = server.client().await;
 
-    let running = tokio::spawn({
-        let mut client = client.clone();
-        async move { client.generate(request("probe", "hold 5000")).await }
-    });
+    let running = spawn_generate(&client, "probe", "hold 5000");
     assert_eq!(
         next_event(&mut events).await,
         Event::Started("hold 5000".into())
     );
-    let queued = tokio::spawn({
-        let mut client = client.clone();
-        async move { client.generate(request("probe", "hold 5000")).await }
-    });
+    let queued = spawn_generate(&client, "probe", "hold 5000");
     server.wait_for("probe", |m| m.queued == 1).await;
 
     let start = Instant::now();
@@ -144,18 +140,12 @@ async fn a_client_that_leaves_cancels_its_call() {
     let client = server.client().await;
 
     // A runs; B waits behind it.
-    let running = tokio::spawn({
-        let mut client = client.clone();
-        async move { client.generate(request("probe", "hold 30000")).await }
-    });
+    let running = spawn_generate(&client, "probe", "hold 30000");
     assert_eq!(
         next_event(&mut events).await,
         Event::Started("hold 30000".into())
     );
-    let queued = tokio::spawn({
-        let mut client = client.clone();
-        async move { client.generate(request("probe", "never runs")).await }
-    });
+    let queued = spawn_generate(&client, "probe", "never runs");
     server.wait_for("probe", |m| m.queued == 1).await;
 
     // B's client goes away: B leaves the queue without running.
@@ -193,19 +183,13 @@ async fn waiting_calls_cost_memory_not_threads() {
     let client = server.client().await;
     let threads_before = thread_count();
     let blockers: Vec<_> = (0..2)
-        .map(|_| {
-            let mut client = client.clone();
-            tokio::spawn(async move { client.generate(request("probe", "hold 30000")).await })
-        })
+        .map(|_| spawn_generate(&client, "probe", "hold 30000"))
         .collect();
     for _ in 0..2 {
         next_event(&mut events).await;
     }
     let waiting: Vec<_> = (0..1_000)
-        .map(|i| {
-            let mut client = client.clone();
-            tokio::spawn(async move { client.generate(request("probe", &format!("w{i}"))).await })
-        })
+        .map(|i| spawn_generate(&client, "probe", &format!("w{i}")))
         .collect();
     server.wait_for("probe", |m| m.queued == 1_000).await;
     if let (Some(before), Some(after)) = (threads_before, thread_count()) {

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Event, next_event, probe_server, request};
+use common::{Event, next_event, probe_server, request, spawn_generate};
 use infergate::config::ServerConfig;
 use tonic::Code;
 
@@ -13,10 +13,7 @@ use tonic::Code;
 async fn shutdown_drains_a_running_call_and_refuses_new_ones() {
     let (mut server, _factory, mut events) = probe_server(1, 4, ServerConfig::default()).await;
     let client = server.client().await;
-    let running = tokio::spawn({
-        let mut client = client.clone();
-        async move { client.generate(request("probe", "hold 600")).await }
-    });
+    let running = spawn_generate(&client, "probe", "hold 600");
     assert_eq!(
         next_event(&mut events).await,
         Event::Started("hold 600".into())
@@ -52,18 +49,12 @@ async fn calls_left_when_the_grace_runs_out_are_cut_off() {
     };
     let (mut server, _factory, mut events) = probe_server(1, 4, config).await;
     let client = server.client().await;
-    let running = tokio::spawn({
-        let mut client = client.clone();
-        async move { client.generate(request("probe", "hold 30000")).await }
-    });
+    let running = spawn_generate(&client, "probe", "hold 30000");
     assert_eq!(
         next_event(&mut events).await,
         Event::Started("hold 30000".into())
     );
-    let queued = tokio::spawn({
-        let mut client = client.clone();
-        async move { client.generate(request("probe", "queued")).await }
-    });
+    let queued = spawn_generate(&client, "probe", "queued");
     server.wait_for("probe", |m| m.queued == 1).await;
 
     let start = Instant::now();

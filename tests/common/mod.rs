@@ -142,6 +142,17 @@ pub fn request(model: &str, prompt: &str) -> proto::GenerateRequest {
     }
 }
 
+/// Starts a Generate call in the background.
+pub fn spawn_generate(
+    client: &InferenceClient<Channel>,
+    model: &str,
+    prompt: &str,
+) -> JoinHandle<Result<tonic::Response<proto::GenerateResponse>, tonic::Status>> {
+    let mut client = client.clone();
+    let req = request(model, prompt);
+    tokio::spawn(async move { client.generate(req).await })
+}
+
 /// A request with a grpc-timeout.
 pub fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
