@@ -373,7 +373,7 @@ impl Config {
 
 /// Model names appear in metrics labels, health service names and logs, so
 /// they are kept to a safe character set.
-fn validate_model_name(name: &str) -> Result<(), String> {
+pub(crate) fn validate_model_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }

@@ -18,10 +18,12 @@ use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::backend::{BackendFactory, SimulatedFactory};
-use crate::config::{BackendKind, Config, ModelConfig};
+use crate::config::{BackendKind, Config, ModelConfig, validate_model_name};
 use crate::error::{Error, Stage};
+use crate::metrics::{Method, ModelMetrics, UNKNOWN_MODEL};
 use crate::pool::{Outcome, PoolStats, Reply, Ticket, WorkerPool};
 use crate::proto;
+use crate::record::CallRecord;
 use crate::request;
 use crate::stream::GenerationStream;
 
@@ -123,6 +125,12 @@ impl GatewayBuilder {
         let mut models = Vec::with_capacity(self.models.len());
         let mut by_name = HashMap::new();
         for (config, factory) in self.models {
+            validate_model_name(&config.name).map_err(|reason| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("model name \"{}\": {reason}", config.name),
+                )
+            })?;
             if by_name.insert(config.name.clone(), models.len()).is_some() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -142,6 +150,7 @@ impl GatewayBuilder {
             models,
             by_name,
             known,
+            unknown: Arc::new(ModelMetrics::calls_only(UNKNOWN_MODEL)),
             shutting_down: AtomicBool::new(false),
             tracker: TaskTracker::new(),
         })
@@ -155,6 +164,8 @@ pub struct Gateway {
     by_name: HashMap<String, usize>,
     /// The served names, for NOT_FOUND messages.
     known: String,
+    /// Where calls naming no served model are counted.
+    unknown: Arc<ModelMetrics>,
     shutting_down: AtomicBool,
     /// One token per call in progress.
     tracker: TaskTracker,
@@ -166,7 +177,6 @@ struct Admitted<'a> {
     token: TaskTrackerToken,
     model: &'a Model,
     ticket: Ticket,
-    received: Instant,
     deadline: Instant,
     timeout_ms: u64,
 }
@@ -208,8 +218,20 @@ impl Gateway {
         request: proto::GenerateRequest,
         client_timeout: Option<Duration>,
     ) -> Result<Finished, Error> {
+        let mut record = self.record(&request.model, Method::Generate);
+        let result = self.run_generate(request, client_timeout, &record).await;
+        record.finish(result.as_ref().err());
+        result
+    }
+
+    async fn run_generate(
+        &self,
+        request: proto::GenerateRequest,
+        client_timeout: Option<Duration>,
+        record: &CallRecord,
+    ) -> Result<Finished, Error> {
         let (tx, rx) = oneshot::channel();
-        let mut call = self.admit(request, client_timeout, Reply::Whole(tx))?;
+        let mut call = self.admit(request, client_timeout, record.received(), Reply::Whole(tx))?;
         let model = || call.model.config.name.clone();
         let outcome = match tokio::time::timeout_at(call.deadline.into(), rx).await {
             Ok(reply) => {
@@ -224,7 +246,7 @@ impl Gateway {
                 });
             }
         };
-        Ok(Finished::new(outcome, call.received))
+        Ok(Finished::new(outcome, record.received()))
     }
 
     /// Starts a GenerateStream call: text as the backend produces it.
@@ -233,17 +255,38 @@ impl Gateway {
         request: proto::GenerateRequest,
         client_timeout: Option<Duration>,
     ) -> Result<GenerationStream, Error> {
+        let mut record = self.record(&request.model, Method::GenerateStream);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let call = self.admit(request, client_timeout, Reply::Stream(tx))?;
+        let call = match self.admit(
+            request,
+            client_timeout,
+            record.received(),
+            Reply::Stream(tx),
+        ) {
+            Ok(call) => call,
+            Err(error) => {
+                record.finish(Some(&error));
+                return Err(error);
+            }
+        };
         Ok(GenerationStream::new(
             rx,
             call.ticket,
             call.token,
+            record,
             call.model.config.name.clone(),
-            call.received,
             call.deadline,
             call.timeout_ms,
         ))
+    }
+
+    /// The record of a call to `model`, from now.
+    fn record(&self, model: &str, method: Method) -> CallRecord {
+        let metrics = match self.by_name.get(model) {
+            Some(&i) => self.models[i].pool.metrics().clone(),
+            None => self.unknown.clone(),
+        };
+        CallRecord::new(metrics, method, Instant::now())
     }
 
     /// Everything a call goes through before it waits: shutdown check,
@@ -252,9 +295,9 @@ impl Gateway {
         &self,
         request: proto::GenerateRequest,
         client_timeout: Option<Duration>,
+        received: Instant,
         reply: Reply,
     ) -> Result<Admitted<'_>, Error> {
-        let received = Instant::now();
         let token = self.enter()?;
         let model = self.model(&request.model)?;
         let params = request::params(request, &model.config)?;
@@ -264,7 +307,6 @@ impl Gateway {
             token,
             model,
             ticket,
-            received,
             deadline,
             timeout_ms,
         })

@@ -20,6 +20,7 @@
 //! - [`cancel`]: a cancel signal synchronous code can wait on
 //! - [`error`]: the error type and its status codes
 //! - [`message_limit`]: oversized requests → RESOURCE_EXHAUSTED
+//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint
 //! - [`cli`]: the command line
 
 pub mod backend;
@@ -29,7 +30,9 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod message_limit;
+pub mod metrics;
 pub mod pool;
+pub(crate) mod record;
 pub mod request;
 pub mod server;
 pub mod service;

@@ -24,6 +24,7 @@ use tonic_health::server::HealthReporter;
 use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
 use crate::message_limit::OversizeAsResourceExhausted;
+use crate::metrics;
 use crate::proto;
 use crate::proto::inference_server::InferenceServer;
 use crate::service::InferenceService;
@@ -62,15 +63,29 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Binds `config.server.listen`, starts the models and serves until
-/// `shutdown` resolves.
+/// Binds `config.server.listen` and `metrics_listen`, starts the models,
+/// and serves gRPC and `/metrics` until `shutdown` resolves.
 pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-    let addr = config.server.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })?;
+    let listener = bind(config.server.listen).await?;
+    let metrics_listener = bind(config.server.metrics_listen).await?;
     let gateway = Arc::new(Gateway::from_config(config).map_err(ServeError::Pools)?);
-    run(listener, &config.server, gateway, shutdown).await
+    let stop_metrics = CancellationToken::new();
+    let metrics = tokio::spawn(metrics::http::serve(
+        metrics_listener,
+        gateway.clone(),
+        stop_metrics.clone(),
+    ));
+    let result = run(listener, &config.server, gateway, shutdown).await;
+    // Metrics stay up through the drain, so the drain can be watched.
+    stop_metrics.cancel();
+    let _ = metrics.await;
+    result
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains.

@@ -19,6 +19,7 @@ use crate::error::{Error, Stage};
 use crate::gateway::Finished;
 use crate::pool::StreamEvent;
 use crate::pool::Ticket;
+use crate::record::CallRecord;
 
 /// One item of a streaming call.
 #[derive(Debug)]
@@ -36,8 +37,10 @@ pub struct GenerationStream {
     ticket: Ticket,
     /// Held until the stream is dropped: the call counts as in flight.
     _call: TaskTrackerToken,
+    record: CallRecord,
     model: String,
-    received: Instant,
+    /// Whether a token has been seen (time to first token is recorded once).
+    first_token_seen: bool,
     deadline: Pin<Box<Sleep>>,
     timeout_ms: u64,
     done: bool,
@@ -48,8 +51,8 @@ impl GenerationStream {
         rx: mpsc::Receiver<StreamEvent>,
         ticket: Ticket,
         call: TaskTrackerToken,
+        record: CallRecord,
         model: String,
-        received: Instant,
         deadline: Instant,
         timeout_ms: u64,
     ) -> Self {
@@ -57,8 +60,9 @@ impl GenerationStream {
             rx,
             ticket,
             _call: call,
+            record,
             model,
-            received,
+            first_token_seen: false,
             deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
             timeout_ms,
             done: false,
@@ -73,6 +77,7 @@ impl GenerationStream {
     fn end(&mut self, item: Result<StreamItem, Error>) -> Poll<Option<Result<StreamItem, Error>>> {
         self.done = true;
         self.ticket.settle();
+        self.record.finish(item.as_ref().err());
         Poll::Ready(Some(item))
     }
 }
@@ -86,10 +91,15 @@ impl Stream for GenerationStream {
         }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(StreamEvent::Text(text))) => {
+                if !self.first_token_seen {
+                    self.first_token_seen = true;
+                    let elapsed = self.record.received().elapsed();
+                    self.record.metrics().first_token(elapsed);
+                }
                 Poll::Ready(Some(Ok(StreamItem::Text(text))))
             }
             Poll::Ready(Some(StreamEvent::Done(Ok(outcome)))) => {
-                let finished = Finished::new(outcome, self.received);
+                let finished = Finished::new(outcome, self.record.received());
                 self.end(Ok(StreamItem::Finished(finished)))
             }
             Poll::Ready(Some(StreamEvent::Done(Err(error)))) => self.end(Err(error)),
@@ -102,12 +112,12 @@ impl Stream for GenerationStream {
                     return Poll::Pending;
                 }
                 let stage = self.ticket.abandon().unwrap_or(Stage::Running);
-                self.done = true;
-                Poll::Ready(Some(Err(Error::DeadlineExceeded {
+                let error = Error::DeadlineExceeded {
                     model: self.model.clone(),
                     timeout_ms: self.timeout_ms,
                     stage,
-                })))
+                };
+                self.end(Err(error))
             }
         }
     }

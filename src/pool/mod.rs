@@ -10,20 +10,23 @@
 
 pub(crate) mod job;
 mod queue;
+mod running;
 mod worker;
 
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use crate::backend::{BackendFactory, GenerateParams};
 use crate::cancel::CancelSignal;
 use crate::error::{Error, Stage};
+use crate::metrics::ModelMetrics;
 
 pub(crate) use job::{Job, Reply};
 pub use job::{JobResult, Outcome, StreamEvent};
 use queue::{JobQueue, Refusal};
+use running::Running;
 
 /// A model's pool of worker threads and the queue in front of it.
 pub struct WorkerPool {
@@ -37,27 +40,20 @@ pub(crate) struct Shared {
     pub(crate) factory: Arc<dyn BackendFactory>,
     /// Worker threads (fixed for the pool's life).
     pub(crate) workers: usize,
-    /// Workers inside a backend call right now.
-    pub(crate) busy: AtomicUsize,
+    /// The calls running on the workers.
+    pub(crate) running: Running,
     /// Backend calls started since the pool began.
     pub(crate) calls: AtomicU64,
+    /// Tickets alive: calls admitted and not yet finished.
+    pub(crate) inflight: AtomicUsize,
     /// Set by `abort`: calls cut off now get UNAVAILABLE, not silence.
     pub(crate) aborted: AtomicBool,
-    /// The cancel signal of the call each worker runs, so that a shutdown
-    /// whose grace ran out can stop them. Locked only to swap the slot.
-    running: Vec<Mutex<Option<CancelSignal>>>,
-}
-
-impl Shared {
-    fn set_running(&self, index: usize, signal: Option<CancelSignal>) {
-        if let Some(slot) = self.running.get(index) {
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = signal;
-        }
-    }
+    /// The model's metric handles.
+    pub(crate) metrics: Arc<ModelMetrics>,
 }
 
 /// A snapshot of a pool's size and load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PoolStats {
     /// Worker threads.
     pub workers: usize,
@@ -69,6 +65,10 @@ pub struct PoolStats {
     pub queued: usize,
     /// Backend calls started since start-up.
     pub backend_calls: u64,
+    /// Calls admitted and not yet finished: queued, running, or streaming.
+    pub inflight: usize,
+    /// Worker-seconds spent in backend calls, running ones included.
+    pub busy_seconds: f64,
 }
 
 impl WorkerPool {
@@ -85,10 +85,11 @@ impl WorkerPool {
             queue: JobQueue::new(queue_capacity),
             factory,
             workers,
-            busy: AtomicUsize::new(0),
+            running: Running::new(workers),
             calls: AtomicU64::new(0),
+            inflight: AtomicUsize::new(0),
             aborted: AtomicBool::new(false),
-            running: (0..workers).map(|_| Mutex::new(None)).collect(),
+            metrics: Arc::new(ModelMetrics::new(model)),
         });
         for index in 0..workers {
             let worker_shared = shared.clone();
@@ -107,6 +108,11 @@ impl WorkerPool {
     /// The model this pool serves.
     pub fn model(&self) -> &str {
         &self.shared.model
+    }
+
+    /// The model's metric handles.
+    pub fn metrics(&self) -> &Arc<ModelMetrics> {
+        &self.shared.metrics
     }
 
     /// The backend kind, for ListModels.
@@ -136,6 +142,7 @@ impl WorkerPool {
         match self.shared.queue.push(job) {
             Ok(id) => Ok(Ticket {
                 id,
+                inflight: InflightGuard::new(&self.shared),
                 shared: self.shared.clone(),
                 cancel,
                 settled: false,
@@ -154,9 +161,11 @@ impl WorkerPool {
         PoolStats {
             workers: self.shared.workers,
             queue_capacity: self.shared.queue.capacity(),
-            busy: self.shared.busy.load(Ordering::Relaxed),
+            busy: self.shared.running.busy(),
             queued: self.shared.queue.len(),
             backend_calls: self.shared.calls.load(Ordering::Relaxed),
+            inflight: self.shared.inflight.load(Ordering::Relaxed),
+            busy_seconds: self.shared.running.busy_seconds(),
         }
     }
 
@@ -177,13 +186,7 @@ impl WorkerPool {
         for job in queued {
             job.reply.finish(Err(Error::ShuttingDown));
         }
-        let mut cut_running = 0;
-        for slot in &self.shared.running {
-            if let Some(signal) = slot.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
-                signal.cancel();
-                cut_running += 1;
-            }
-        }
+        let cut_running = self.shared.running.cancel_all();
         (cut_queued, cut_running)
     }
 }
@@ -200,6 +203,9 @@ impl Drop for WorkerPool {
 /// arrived cancels the call.
 pub(crate) struct Ticket {
     id: u64,
+    /// Counts the call in `inflight` for as long as the ticket lives.
+    #[allow(dead_code)] // held for its Drop
+    inflight: InflightGuard,
     shared: Arc<Shared>,
     cancel: CancelSignal,
     /// The result arrived: there is nothing left to cancel.
@@ -232,7 +238,24 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(stage) = self.abandon() {
+            self.shared.metrics.cancelled(stage);
             tracing::debug!(model = %self.shared.model, stage = stage.as_str(), "call abandoned by its client");
         }
+    }
+}
+
+/// Counts one call in the pool's `inflight` until dropped.
+struct InflightGuard(Arc<Shared>);
+
+impl InflightGuard {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(shared.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -71,8 +71,9 @@ fn run_job(index: usize, shared: &Shared, slot: &mut Option<Box<dyn Backend>>, j
         },
     };
 
-    shared.begin_call(index, &cancel);
-    let started = Instant::now();
+    shared.calls.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.queue_wait(picked - admitted);
+    shared.running.begin(index, &cancel);
     let ended = match &reply {
         Reply::Whole(_) => {
             let mut sink = Collect(String::new());
@@ -87,8 +88,11 @@ fn run_job(index: usize, shared: &Shared, slot: &mut Option<Box<dyn Backend>>, j
             )
         }
     };
-    let backend_time = started.elapsed();
-    shared.end_call(index);
+    let backend_time = shared.running.end(index);
+    shared.metrics.backend_call(backend_time);
+    if let (Ended::Panicked(_), _) = &ended {
+        shared.metrics.panicked();
+    }
 
     let (ended, text) = ended;
     if cancel.is_cancelled() {
@@ -105,13 +109,18 @@ fn run_job(index: usize, shared: &Shared, slot: &mut Option<Box<dyn Backend>>, j
         return;
     }
     let result = match ended {
-        Ended::Done(completion, first_token) => Ok(Outcome {
-            text,
-            completion,
-            queue_wait: picked - admitted,
-            backend_time,
-            first_token,
-        }),
+        Ended::Done(completion, first_token) => {
+            shared
+                .metrics
+                .tokens(completion.prompt_tokens, completion.completion_tokens);
+            Ok(Outcome {
+                text,
+                completion,
+                queue_wait: picked - admitted,
+                backend_time,
+                first_token,
+            })
+        }
         // A backend that gave up because the deadline came (its `sleep` or
         // its I/O timeout ran out) failed because of the deadline.
         Ended::Failed(_) if Instant::now() >= deadline => Err(Error::DeadlineExceeded {
@@ -157,18 +166,5 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_string()
-    }
-}
-
-impl Shared {
-    fn begin_call(&self, index: usize, cancel: &crate::cancel::CancelSignal) {
-        self.busy.fetch_add(1, Ordering::Relaxed);
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        self.set_running(index, Some(cancel.clone()));
-    }
-
-    fn end_call(&self, index: usize) {
-        self.set_running(index, None);
-        self.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }

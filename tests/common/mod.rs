@@ -15,14 +15,19 @@ use infergate::gateway::Gateway;
 use infergate::proto;
 use infergate::proto::inference_client::InferenceClient;
 use infergate::server::{self, ServeError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 /// A gateway serving on a loopback port, stopped on `shutdown` or drop.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub gateway: Arc<Gateway>,
+    /// The `/metrics` address, once `start_metrics` ran.
+    pub metrics_addr: Option<SocketAddr>,
+    metrics_stop: CancellationToken,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<Result<(), ServeError>>>,
 }
@@ -55,9 +60,40 @@ impl TestServer {
         TestServer {
             addr,
             gateway,
+            metrics_addr: None,
+            metrics_stop: CancellationToken::new(),
             stop: Some(stop),
             handle: Some(handle),
         }
+    }
+
+    /// Starts the models of a TOML configuration, with `/metrics` served on
+    /// a loopback port.
+    pub async fn start_with_metrics(toml: &str) -> TestServer {
+        let mut server = TestServer::start(toml).await;
+        server.start_metrics().await;
+        server
+    }
+
+    /// Serves `/metrics` for this server's gateway on a loopback port.
+    pub async fn start_metrics(&mut self) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        self.metrics_addr = Some(listener.local_addr().expect("local addr"));
+        tokio::spawn(infergate::metrics::http::serve(
+            listener,
+            self.gateway.clone(),
+            self.metrics_stop.clone(),
+        ));
+    }
+
+    /// One scrape of `/metrics`.
+    pub async fn scrape(&self) -> String {
+        let addr = self.metrics_addr.expect("start_with_metrics was used");
+        let (status, body) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     pub async fn channel(&self) -> Channel {
@@ -120,6 +156,7 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        self.metrics_stop.cancel();
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -269,4 +306,55 @@ pub async fn next_event(events: &mut mpsc::UnboundedReceiver<Event>) -> Event {
         .await
         .expect("an event within 10 s")
         .expect("the backend is alive")
+}
+
+/// A plain HTTP/1.1 GET on loopback: status and body.
+pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request =
+        format!("GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("an answer within 10 s")
+        .expect("read");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The value of one series in a scrape, e.g.
+/// `infergate_workers{model="a"}`.
+pub fn metric(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
 }

@@ -1,0 +1,219 @@
+//! A model's metric handles, resolved once so that recording an event is a
+//! few atomic operations, with no registry lookup and no allocation.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Histogram, counter, histogram};
+use tonic::Code;
+
+use crate::error::{Error, Stage};
+use crate::metrics::{
+    BACKEND_DURATION, BACKEND_PANICS_TOTAL, CANCELLED_TOTAL, GENERATED_TOKENS_TOTAL,
+    PROMPT_TOKENS_TOTAL, QUEUE_WAIT, REJECTED_TOTAL, REQUEST_DURATION, REQUESTS_TOTAL,
+    TIME_TO_FIRST_TOKEN, recorder,
+};
+
+/// The RPC a request came through: the `method` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `Generate`.
+    Generate,
+    /// `GenerateStream`.
+    GenerateStream,
+}
+
+impl Method {
+    /// The label value: the RPC's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Generate => "Generate",
+            Method::GenerateStream => "GenerateStream",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// gRPC status codes, 0 to 16.
+const CODES: usize = 17;
+
+/// The canonical name of a gRPC code, as in the gRPC spec: the `code`
+/// label.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The reasons counted in `infergate_rejected_total`.
+const REJECT_REASONS: [&str; 5] = [
+    "queue_full",
+    "deadline",
+    "shutting_down",
+    "invalid_argument",
+    "not_found",
+];
+
+/// One model's handles. Series that depend on an outcome (a code, a
+/// reason) are registered on first use, so a scrape lists only what
+/// happened; the rest exist from start-up, at zero.
+pub struct ModelMetrics {
+    model: String,
+    queue_wait: Histogram,
+    backend_duration: Histogram,
+    time_to_first_token: Histogram,
+    request_duration: [Histogram; 2],
+    requests: [[OnceLock<Counter>; CODES]; 2],
+    rejected: [OnceLock<Counter>; REJECT_REASONS.len()],
+    cancelled: [OnceLock<Counter>; 2],
+    panics: Counter,
+    prompt_tokens: Counter,
+    generated_tokens: Counter,
+}
+
+impl ModelMetrics {
+    /// Resolves the handles of `model` (installing the recorder if this is
+    /// the first model of the process).
+    pub fn new(model: &str) -> Self {
+        let metrics = Self::calls_only(model);
+        let label = || metrics.model.clone();
+        let metrics = ModelMetrics {
+            queue_wait: histogram!(QUEUE_WAIT, "model" => label()),
+            backend_duration: histogram!(BACKEND_DURATION, "model" => label()),
+            time_to_first_token: histogram!(TIME_TO_FIRST_TOKEN, "model" => label()),
+            panics: counter!(BACKEND_PANICS_TOTAL, "model" => label()),
+            prompt_tokens: counter!(PROMPT_TOKENS_TOTAL, "model" => label()),
+            generated_tokens: counter!(GENERATED_TOKENS_TOTAL, "model" => label()),
+            ..metrics
+        };
+        // Present from start-up, at zero.
+        metrics.panics.absolute(0);
+        metrics.prompt_tokens.absolute(0);
+        metrics.generated_tokens.absolute(0);
+        metrics
+    }
+
+    /// Handles for calls that name no served model: only the per-RPC
+    /// series; there is no pool, so the rest record nothing.
+    pub fn calls_only(model: &str) -> Self {
+        recorder();
+        let per_method = |method: Method| histogram!(REQUEST_DURATION, "model" => model.to_string(), "method" => method.as_str());
+        ModelMetrics {
+            model: model.to_string(),
+            queue_wait: Histogram::noop(),
+            backend_duration: Histogram::noop(),
+            time_to_first_token: Histogram::noop(),
+            request_duration: [
+                per_method(Method::Generate),
+                per_method(Method::GenerateStream),
+            ],
+            requests: Default::default(),
+            rejected: Default::default(),
+            cancelled: Default::default(),
+            panics: Counter::noop(),
+            prompt_tokens: Counter::noop(),
+            generated_tokens: Counter::noop(),
+        }
+    }
+
+    /// The model label.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// An RPC finished with `code` after `elapsed`.
+    pub fn request_finished(&self, method: Method, code: Code, elapsed: Duration) {
+        self.request_duration[method.index()].record(elapsed.as_secs_f64());
+        let slot = &self.requests[method.index()][code as usize % CODES];
+        slot.get_or_init(|| {
+            counter!(REQUESTS_TOTAL,
+                "model" => self.model.clone(),
+                "method" => method.as_str(),
+                "code" => code_name(code))
+        })
+        .increment(1);
+    }
+
+    /// Counts a refusal or expiry, if `error` is one.
+    pub fn rejected(&self, error: &Error) {
+        let reason = error.reason();
+        if let Some(i) = REJECT_REASONS.iter().position(|r| *r == reason) {
+            self.rejected[i]
+                .get_or_init(|| {
+                    counter!(REJECTED_TOTAL, "model" => self.model.clone(), "reason" => REJECT_REASONS[i])
+                })
+                .increment(1);
+        }
+    }
+
+    /// A client went away while its call was at `stage`.
+    pub fn cancelled(&self, stage: Stage) {
+        let i = match stage {
+            Stage::Queued => 0,
+            Stage::Running => 1,
+        };
+        self.cancelled[i]
+            .get_or_init(|| {
+                counter!(CANCELLED_TOTAL, "model" => self.model.clone(), "stage" => stage.as_str())
+            })
+            .increment(1);
+    }
+
+    /// A worker picked a call up after it waited `wait`.
+    pub fn queue_wait(&self, wait: Duration) {
+        self.queue_wait.record(wait.as_secs_f64());
+    }
+
+    /// A backend call took `elapsed`.
+    pub fn backend_call(&self, elapsed: Duration) {
+        self.backend_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// A stream produced its first token `elapsed` after the request came.
+    pub fn first_token(&self, elapsed: Duration) {
+        self.time_to_first_token.record(elapsed.as_secs_f64());
+    }
+
+    /// A backend call panicked.
+    pub fn panicked(&self) {
+        self.panics.increment(1);
+    }
+
+    /// A call succeeded with these token counts.
+    pub fn tokens(&self, prompt: u32, generated: u32) {
+        self.prompt_tokens.increment(u64::from(prompt));
+        self.generated_tokens.increment(u64::from(generated));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_follow_the_grpc_spec() {
+        assert_eq!(code_name(Code::Ok), "OK");
+        assert_eq!(code_name(Code::ResourceExhausted), "RESOURCE_EXHAUSTED");
+        assert_eq!(code_name(Code::Unauthenticated), "UNAUTHENTICATED");
+        assert_eq!(Code::Unauthenticated as usize, CODES - 1);
+    }
+}

@@ -1,0 +1,72 @@
+//! The per-RPC bookkeeping: one `infergate_requests_total` and one
+//! `infergate_request_duration_seconds` sample per call, however it ends.
+//!
+//! A [`CallRecord`] is made when the handler receives the call and is
+//! finished with the call's outcome. If it is dropped unfinished (the
+//! client went away and tonic dropped the handler or the stream), the call
+//! is counted as CANCELLED.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::Code;
+
+use crate::error::Error;
+use crate::metrics::{Method, ModelMetrics};
+
+/// The record of one RPC.
+pub(crate) struct CallRecord {
+    metrics: Arc<ModelMetrics>,
+    method: Method,
+    received: Instant,
+    finished: bool,
+}
+
+impl CallRecord {
+    pub(crate) fn new(metrics: Arc<ModelMetrics>, method: Method, received: Instant) -> Self {
+        CallRecord {
+            metrics,
+            method,
+            received,
+            finished: false,
+        }
+    }
+
+    /// When the handler received the call.
+    pub(crate) fn received(&self) -> Instant {
+        self.received
+    }
+
+    /// The model's metric handles.
+    pub(crate) fn metrics(&self) -> &ModelMetrics {
+        &self.metrics
+    }
+
+    /// Records the outcome: OK, or the error's code (and its rejection
+    /// reason, if it is one).
+    pub(crate) fn finish(&mut self, error: Option<&Error>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let code = match error {
+            None => Code::Ok,
+            Some(error) => {
+                self.metrics.rejected(error);
+                error.code()
+            }
+        };
+        self.metrics
+            .request_finished(self.method, code, self.received.elapsed());
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            self.metrics
+                .request_finished(self.method, Code::Cancelled, self.received.elapsed());
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! The Prometheus metrics, scraped over HTTP from a real server: overlap
+//! shows in busy-seconds, gauges are the live state, and every refusal and
+//! cancellation is counted. The recorder is process-wide, so each test
+//! uses its own model names.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    Event, TestServer, metric, next_event, probe_server, request, simulated, spawn_generate,
+    with_timeout,
+};
+use infergate::config::ServerConfig;
+use infergate::proto;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_seconds_prove_the_overlap() {
+    let server = TestServer::start_with_metrics(&simulated("m-overlap", 300, 8, 8)).await;
+    let client = server.client().await;
+    let start = Instant::now();
+    let calls: Vec<_> = (0..8)
+        .map(|i| spawn_generate(&client, "m-overlap", &format!("c{i}")))
+        .collect();
+    for call in calls {
+        call.await.expect("task").expect("call");
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let scrape = server.scrape().await;
+
+    let busy = metric(
+        &scrape,
+        r#"infergate_backend_busy_seconds_total{model="m-overlap"}"#,
+    )
+    .expect("busy seconds");
+    assert!((2.4..3.2).contains(&busy), "busy seconds {busy}");
+    assert!(wall < 0.9, "wall {wall}");
+    // Mean parallelism over the burst: far above 1.
+    assert!(busy / wall > 3.0, "busy {busy} over wall {wall}");
+
+    let ok = r#"infergate_requests_total{model="m-overlap",method="Generate",code="OK"}"#;
+    assert_eq!(metric(&scrape, ok), Some(8.0));
+    let count = r#"infergate_queue_wait_seconds_count{model="m-overlap"}"#;
+    assert_eq!(metric(&scrape, count), Some(8.0));
+    let backend = r#"infergate_backend_duration_seconds_count{model="m-overlap"}"#;
+    assert_eq!(metric(&scrape, backend), Some(8.0));
+    // Real histograms: bucket lines, with the 300 ms calls above 0.2 s and
+    // within 0.5 s.
+    let bucket = |le: &str| {
+        metric(
+            &scrape,
+            &format!(
+                r#"infergate_request_duration_seconds_bucket{{model="m-overlap",method="Generate",le="{le}"}}"#
+            ),
+        )
+    };
+    assert_eq!(bucket("0.2"), Some(0.0), "{scrape}");
+    assert_eq!(bucket("0.5"), Some(8.0));
+    assert!(
+        scrape.contains(r#"infergate_queue_wait_seconds_bucket{model="m-overlap",le="0.0001"}"#)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"infergate_generated_tokens_total{model="m-overlap"}"#
+        ),
+        Some(8.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gauges_exist_at_zero_from_start_up() {
+    let server = TestServer::start_with_metrics(&(simulated("m-idle", 0, 3, 5))).await;
+    let scrape = server.scrape().await;
+    assert_eq!(
+        metric(&scrape, r#"infergate_workers{model="m-idle"}"#),
+        Some(3.0)
+    );
+    for series in [
+        r#"infergate_workers_busy{model="m-idle"}"#,
+        r#"infergate_queue_depth{model="m-idle"}"#,
+        r#"infergate_inflight_requests{model="m-idle"}"#,
+        r#"infergate_backend_busy_seconds_total{model="m-idle"}"#,
+        r#"infergate_backend_panics_total{model="m-idle"}"#,
+        r#"infergate_generated_tokens_total{model="m-idle"}"#,
+    ] {
+        assert_eq!(metric(&scrape, series), Some(0.0), "{series}");
+    }
+    assert!(scrape.contains("# HELP infergate_queue_depth"));
+    assert!(scrape.contains("# TYPE infergate_backend_busy_seconds_total counter"));
+    assert!(scrape.contains("# TYPE infergate_request_duration_seconds histogram"));
+    assert!(scrape.contains(r#"infergate_build_info{version=""#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_gauges_follow_the_pool_and_refusals_are_counted() {
+    let (mut server, _factory, mut events) = probe_server(1, 1, ServerConfig::default()).await;
+    // The only test of this binary that uses the model name "probe".
+    server.start_metrics().await;
+
+    let client = server.client().await;
+    let running = spawn_generate(&client, "probe", "hold 30000");
+    assert_eq!(
+        next_event(&mut events).await,
+        Event::Started("hold 30000".into())
+    );
+    let queued = spawn_generate(&client, "probe", "waits");
+    server.wait_for("probe", |m| m.queued == 1).await;
+
+    let status = client
+        .clone()
+        .generate(request("probe", "refused"))
+        .await
+        .expect_err("full");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let scrape = server.scrape().await;
+    assert_eq!(
+        metric(&scrape, r#"infergate_workers_busy{model="probe"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&scrape, r#"infergate_queue_depth{model="probe"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&scrape, r#"infergate_inflight_requests{model="probe"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"infergate_rejected_total{model="probe",reason="queue_full"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"infergate_requests_total{model="probe",method="Generate",code="RESOURCE_EXHAUSTED"}"#
+        ),
+        Some(1.0)
+    );
+    // The running call's time shows before it ends.
+    let busy = metric(
+        &scrape,
+        r#"infergate_backend_busy_seconds_total{model="probe"}"#,
+    )
+    .expect("busy");
+    assert!(busy > 0.0);
+
+    // Both clients leave: one call was queued, one running.
+    queued.abort();
+    server.wait_for("probe", |m| m.queued == 0).await;
+    running.abort();
+    assert_eq!(
+        next_event(&mut events).await,
+        Event::Ended {
+            prompt: "hold 30000".into(),
+            cancelled: true
+        }
+    );
+    server.wait_for("probe", |m| m.busy_workers == 0).await;
+    let scrape = server.scrape().await;
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"infergate_cancelled_total{model="probe",stage="queued"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"infergate_cancelled_total{model="probe",stage="running"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"infergate_requests_total{model="probe",method="Generate",code="CANCELLED"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&scrape, r#"infergate_inflight_requests{model="probe"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&scrape, r#"infergate_workers_busy{model="probe"}"#),
+        Some(0.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_panics_streams_and_unknown_models_are_counted() {
+    let config = simulated("m-slow", 5_000, 1, 2)
+        + &simulated("m-stream", 10, 1, 2)
+            .replace("latency_ms = 10", "latency_ms = 10\ntoken_latency_ms = 5");
+    let server = TestServer::start_with_metrics(&config).await;
+    let mut client = server.client().await;
+
+    let status = client
+        .generate(with_timeout(
+            request("m-slow", "x"),
+            Duration::from_millis(200),
+        ))
+        .await
+        .expect_err("deadline");
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+
+    let req = proto::GenerateRequest {
+        max_tokens: 4,
+        ..request("m-stream", "a b")
+    };
+    let mut stream = client
+        .generate_stream(req)
+        .await
+        .expect("stream")
+        .into_inner();
+    while let Some(message) = stream.next().await {
+        message.expect("message");
+    }
+
+    let status = client
+        .generate(request("m-nowhere", "x"))
+        .await
+        .expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound);
+    let status = client
+        .generate(request("m-stream", ""))
+        .await
+        .expect_err("no input");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    let scrape = server.scrape().await;
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"infergate_rejected_total{model="m-slow",reason="deadline"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"infergate_requests_total{model="m-slow",method="Generate",code="DEADLINE_EXCEEDED"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"infergate_time_to_first_token_seconds_count{model="m-stream"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"infergate_requests_total{model="m-stream",method="GenerateStream",code="OK"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"infergate_generated_tokens_total{model="m-stream"}"#
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"infergate_rejected_total{model="m-stream",reason="invalid_argument"}"#
+        ),
+        Some(1.0)
+    );
+    // Unknown names share one label value: clients cannot grow the label set.
+    assert!(
+        metric(
+            &scrape,
+            r#"infergate_rejected_total{model="(unknown)",reason="not_found"}"#
+        )
+        .is_some_and(|n| n >= 1.0)
+    );
+    assert!(!scrape.contains("m-nowhere"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_is_counted() {
+    // A probe backend under its own name ("probe" is taken above).
+    let (factory, mut events) = common::ProbeFactory::new();
+    let model =
+        infergate::config::ModelConfig::new("m-panic", infergate::config::BackendKind::Simulated);
+    let gateway = infergate::gateway::Gateway::builder()
+        .model(model, factory)
+        .build()
+        .expect("pool");
+    let mut server = TestServer::start_gateway(gateway, ServerConfig::default()).await;
+    server.start_metrics().await;
+
+    let status = server
+        .client()
+        .await
+        .generate(request("m-panic", "panic"))
+        .await
+        .expect_err("panic");
+    assert_eq!(status.code(), Code::Internal);
+    next_event(&mut events).await;
+    let scrape = server.scrape().await;
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"infergate_backend_panics_total{model="m-panic"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            r#"infergate_requests_total{model="m-panic",method="Generate",code="INTERNAL"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_is_importable_and_queries_only_exported_metrics() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/infergate.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard"))
+            .expect("valid JSON");
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
+    let variable = |name: &str| variables.iter().find(|v| v["name"] == name).expect(name);
+    assert_eq!(variable("datasource")["type"], "datasource");
+    assert_eq!(variable("datasource")["query"], "prometheus");
+    assert_eq!(variable("model")["type"], "query");
+    assert_eq!(variable("model")["allValue"], ".*");
+
+    let server = TestServer::start_with_metrics(&simulated("m-dash", 0, 1, 1)).await;
+    // Make the outcome-labelled series exist, then read every exported name.
+    server
+        .client()
+        .await
+        .generate(request("m-dash", "x"))
+        .await
+        .expect("call");
+    let scrape = server.scrape().await;
+    let exported: std::collections::HashSet<&str> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8);
+    for panel in panels {
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "{}",
+            panel["title"]
+        );
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("infergate_"))
+            {
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix).filter(|f| exported.contains(f)))
+                    .unwrap_or(name);
+                assert!(
+                    exported.contains(family)
+                        || name == "infergate_rejected_total"
+                        || name == "infergate_cancelled_total",
+                    "panel {} queries {name}, which is not exported",
+                    panel["title"]
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Against the real thing: the scrape passes `promtool check metrics`, and a
+//! real Prometheus server scraping the gateway every second answers every
+//! PromQL expression of `dashboards/infergate.json` with data.
+//!
+//! Needs Debian's `prometheus` package (`prometheus` and `promtool` on the
+//! PATH): ignored by plain `cargo test`, run by `.ci/run` with `--ignored`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{TestServer, http_get, request, simulated, spawn_generate, with_timeout};
+use infergate::proto;
+use serde_json::Value;
+use tokio_stream::StreamExt;
+
+/// Grafana's variables, as the test substitutes them.
+const VARIABLES: &[(&str, &str)] = &[("$__rate_interval", "1m"), ("$model", ".*")];
+
+/// A Prometheus server on loopback, killed on drop.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+async fn start_prometheus(target: SocketAddr) -> Prometheus {
+    let dir = std::env::temp_dir().join(format!("infergate-prometheus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: infergate\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .expect("write config");
+    let addr = free_port();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .arg("--log.level=warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start prometheus (install Debian's prometheus package)");
+    let prometheus = Prometheus {
+        child,
+        addr,
+        _dir: TempDir(dir),
+    };
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && http_get(addr, "/-/ready").await.0 == 200
+        {
+            return prometheus;
+        }
+        assert!(Instant::now() < give_up, "prometheus did not become ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn encode(query: &str) -> String {
+    query
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Runs an instant query; returns the result vector.
+async fn query(prometheus: SocketAddr, expr: &str) -> Vec<Value> {
+    let (status, body) =
+        http_get(prometheus, &format!("/api/v1/query?query={}", encode(expr))).await;
+    assert_eq!(status, 200, "{expr}: {body}");
+    let json: Value = serde_json::from_str(&body).expect("JSON from Prometheus");
+    assert_eq!(json["status"], "success", "{expr}: {body}");
+    json["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn finite(sample: &Value) -> bool {
+    sample["value"][1]
+        .as_str()
+        .and_then(|v| v.parse::<f64>().ok())
+        .is_some_and(f64::is_finite)
+}
+
+/// Every `expr` of every panel of the dashboard.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/infergate.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let mut expr = target["expr"].as_str().expect("expr").to_string();
+            for (variable, value) in VARIABLES {
+                expr = expr.replace(variable, value);
+            }
+            queries.push((panel["title"].as_str().unwrap_or("?").to_string(), expr));
+        }
+    }
+    queries
+}
+
+/// Traffic that gives every panel something to show: successes, streams,
+/// a full queue, deadlines, cancellations, unknown models.
+async fn drive_traffic(server: &TestServer, rounds: usize) {
+    let client = server.client().await;
+    for round in 0..rounds {
+        let burst: Vec<_> = (0..6)
+            .map(|i| spawn_generate(&client, "interop", &format!("r{round} c{i} words")))
+            .collect();
+        let mut stream = client
+            .clone()
+            .generate_stream(proto::GenerateRequest {
+                max_tokens: 5,
+                ..request("interop-stream", "a b c")
+            })
+            .await
+            .expect("stream")
+            .into_inner();
+        while let Some(message) = stream.next().await {
+            message.expect("stream message");
+        }
+        let _ = client
+            .clone()
+            .generate(with_timeout(
+                request("interop-slow", "late"),
+                Duration::from_millis(100),
+            ))
+            .await;
+        let leaver = spawn_generate(&client, "interop-slow", "leaves");
+        let _ = client.clone().generate(request("nowhere", "x")).await;
+        for call in burst {
+            // Some are refused: the queue holds 1 behind 4 workers.
+            let _ = call.await.expect("task");
+        }
+        leaver.abort();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Waits until Prometheus holds `n` scrapes of the gateway.
+async fn wait_for_scrapes(prometheus: SocketAddr, n: usize) {
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        let up = query(prometheus, r#"count_over_time(up{job="infergate"}[5m])"#).await;
+        let scrapes = up
+            .first()
+            .and_then(|s| s["value"][1].as_str())
+            .and_then(|v| v.parse::<f64>().ok());
+        if scrapes.is_some_and(|count| count >= n as f64) {
+            return;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "Prometheus did not scrape the gateway: {up:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Debian's prometheus package; run by .ci/run"]
+async fn promtool_accepts_the_scrape_and_every_dashboard_query_returns_data() {
+    let config = simulated("interop", 50, 4, 1)
+        + &simulated("interop-slow", 2_000, 1, 4)
+        + &simulated("interop-stream", 10, 2, 4)
+            .replace("latency_ms = 10", "latency_ms = 10\ntoken_latency_ms = 5");
+    let server = TestServer::start_with_metrics(&config).await;
+    let metrics_addr = server.metrics_addr.expect("metrics");
+
+    // promtool lints the exposition: names, HELP, types, suffixes.
+    drive_traffic(&server, 1).await;
+    let scrape = server.scrape().await;
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool (install Debian's prometheus package)");
+    {
+        use std::io::Write;
+        promtool
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(scrape.as_bytes())
+            .expect("feed promtool");
+    }
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    let prometheus = start_prometheus(metrics_addr).await;
+    // Prometheus discovers its target a few seconds after it is ready:
+    // drive traffic once it is scraping, so rate() sees the counters move.
+    wait_for_scrapes(prometheus.addr, 2).await;
+    drive_traffic(&server, 8).await;
+    // Wait until Prometheus has scraped the final counts.
+    let ok = r#"infergate_requests_total{model="interop",method="Generate",code="OK"}"#;
+    let last = common::metric(&server.scrape().await, ok).expect("OK count");
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = query(prometheus.addr, ok).await;
+        if seen
+            .first()
+            .and_then(|s| s["value"][1].as_str())
+            .and_then(|v| v.parse::<f64>().ok())
+            == Some(last)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "Prometheus never saw {ok} = {last}: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut empty = Vec::new();
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 20, "the dashboard lost its panels");
+    for (panel, expr) in &queries {
+        let result = query(prometheus.addr, expr).await;
+        if !result.iter().any(finite) {
+            empty.push(format!("{panel}: {expr} -> {result:?}"));
+        }
+    }
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
+
+    // The model variable's query (label_values) through the label API.
+    let (status, body) = http_get(
+        prometheus.addr,
+        "/api/v1/label/model/values?match[]=infergate_workers",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.contains("interop-stream"), "{body}");
+    eprintln!("{} dashboard queries answered with data", queries.len());
+}
