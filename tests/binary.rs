@@ -92,25 +92,39 @@ async fn sigterm_drains_a_running_call_and_exits_zero() {
         .spawn()
         .expect("start infergate");
     let stderr = child.stderr.take().expect("stderr");
-    // The log line names the bound address.
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    // The log lines name the bound addresses: gRPC, then /metrics.
+    let (addr_tx, mut addr_rx) = tokio::sync::mpsc::unbounded_channel();
     let log = std::thread::spawn(move || {
-        let mut addr_tx = Some(addr_tx);
         let mut lines = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("addr=").nth(1)
-                && let Some(tx) = addr_tx.take()
-            {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                let _ = addr_tx.send((line.contains("serving gRPC"), addr));
             }
             lines.push(line);
         }
         lines
     });
-    let addr = tokio::time::timeout(Duration::from_secs(20), addr_rx)
-        .await
-        .expect("the server logs its address")
-        .expect("address");
+    let (mut addr, mut metrics_addr) = (None, None);
+    while addr.is_none() || metrics_addr.is_none() {
+        let (grpc, found) = tokio::time::timeout(Duration::from_secs(20), addr_rx.recv())
+            .await
+            .expect("the server logs its addresses")
+            .expect("address");
+        if grpc {
+            addr = Some(found);
+        } else {
+            metrics_addr = Some(found);
+        }
+    }
+    let (addr, metrics_addr) = (addr.unwrap(), metrics_addr.unwrap());
+    let (status, scrape) =
+        common::http_get(metrics_addr.parse().expect("metrics address"), "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        scrape.contains(r#"infergate_workers{model="slow"} 4"#),
+        "{scrape}"
+    );
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
         .connect()
