@@ -6,10 +6,10 @@
 //! where the TOML parser gives it), so that a bad file is refused with one
 //! clear line instead of failing later under load.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -101,6 +101,10 @@ impl ServerConfig {
 pub enum BackendKind {
     /// Deterministic text after a configured delay: demos and load tests.
     Simulated,
+    /// Long-lived child processes speaking JSON lines (any language).
+    Process,
+    /// An OpenAI-compatible HTTP server (vLLM, llama.cpp, Ollama, OpenAI).
+    Openai,
 }
 
 impl BackendKind {
@@ -108,6 +112,8 @@ impl BackendKind {
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::Simulated => "simulated",
+            BackendKind::Process => "process",
+            BackendKind::Openai => "openai",
         }
     }
 }
@@ -135,6 +141,12 @@ pub struct ModelConfig {
     /// Settings of the simulated backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simulated: Option<SimulatedConfig>,
+    /// Settings of the process backend (required for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessConfig>,
+    /// Settings of the OpenAI-compatible backend (required for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openai: Option<OpenAiConfig>,
 }
 
 impl ModelConfig {
@@ -148,6 +160,8 @@ impl ModelConfig {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             max_tokens: DEFAULT_MAX_TOKENS,
             simulated: None,
+            process: None,
+            openai: None,
         }
     }
 
@@ -196,6 +210,64 @@ impl Default for SimulatedConfig {
             output_tokens: None,
         }
     }
+}
+
+/// Default time a process worker gets to answer a cancel line before it is
+/// killed and restarted.
+pub const DEFAULT_CANCEL_GRACE_MS: u64 = 1000;
+/// Default connect timeout of the OpenAI backend.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Default longest silence while reading an OpenAI response.
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 60_000;
+
+/// The `[models.process]` table: how to start one worker process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// Program and arguments, e.g. `["python3", "worker.py"]`.
+    pub command: Vec<String>,
+    /// Extra environment variables for the worker.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the worker (default: the gateway's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+    /// How long a worker may take to stop after a cancel line before it is
+    /// killed and restarted.
+    #[serde(default = "default_cancel_grace_ms")]
+    pub cancel_grace_ms: u64,
+}
+
+/// The `[models.openai]` table: an OpenAI-compatible server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiConfig {
+    /// The server's base URL, with or without the trailing `/v1`, e.g.
+    /// `http://127.0.0.1:8000/v1` or `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// The upstream model name; default: this model's `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The environment variable holding the API key (never the key itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Time to connect to the server.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest wait for the response (or, when streaming, for the next
+    /// piece of it); the call's deadline bounds the whole call as well.
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+}
+
+fn default_cancel_grace_ms() -> u64 {
+    DEFAULT_CANCEL_GRACE_MS
+}
+fn default_connect_timeout_ms() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_MS
+}
+fn default_read_timeout_ms() -> u64 {
+    DEFAULT_READ_TIMEOUT_MS
 }
 
 fn default_listen() -> SocketAddr {
@@ -347,20 +419,7 @@ impl Config {
             if model.max_tokens == 0 {
                 return Err((key("max_tokens"), "must be at least 1".into()));
             }
-            if let Some(sim) = &model.simulated {
-                if model.backend != BackendKind::Simulated {
-                    return Err((
-                        key("simulated"),
-                        format!(
-                            "is set but backend is \"{}\", not \"simulated\"",
-                            model.backend.as_str()
-                        ),
-                    ));
-                }
-                if sim.output_tokens == Some(0) {
-                    return Err((key("simulated.output_tokens"), "must be at least 1".into()));
-                }
-            }
+            validate_backend_section(model).map_err(|(field, m)| (key(field), m))?;
         }
         Ok(())
     }
@@ -369,6 +428,83 @@ impl Config {
     pub fn model(&self, name: &str) -> Option<&ModelConfig> {
         self.models.iter().find(|m| m.name == name)
     }
+}
+
+/// Checks that a model has the settings table of its backend, and no other.
+fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, String)> {
+    let sections = [
+        (
+            BackendKind::Simulated,
+            "simulated",
+            model.simulated.is_some(),
+        ),
+        (BackendKind::Process, "process", model.process.is_some()),
+        (BackendKind::Openai, "openai", model.openai.is_some()),
+    ];
+    for (kind, table, present) in sections {
+        if present && kind != model.backend {
+            return Err((
+                table,
+                format!(
+                    "is set but backend is \"{}\", not \"{}\"",
+                    model.backend.as_str(),
+                    kind.as_str()
+                ),
+            ));
+        }
+    }
+    match model.backend {
+        BackendKind::Simulated => {
+            if model.simulated.as_ref().and_then(|s| s.output_tokens) == Some(0) {
+                return Err(("simulated.output_tokens", "must be at least 1".into()));
+            }
+        }
+        BackendKind::Process => {
+            let Some(process) = &model.process else {
+                return Err((
+                    "process",
+                    "backend \"process\" needs a [models.process] table with `command`".into(),
+                ));
+            };
+            if process
+                .command
+                .first()
+                .is_none_or(|program| program.is_empty())
+            {
+                return Err((
+                    "process.command",
+                    "must name a program, e.g. [\"python3\", \"worker.py\"]".into(),
+                ));
+            }
+        }
+        BackendKind::Openai => {
+            let Some(openai) = &model.openai else {
+                return Err((
+                    "openai",
+                    "backend \"openai\" needs a [models.openai] table with `base_url`".into(),
+                ));
+            };
+            if !(openai.base_url.starts_with("http://") || openai.base_url.starts_with("https://"))
+            {
+                return Err((
+                    "openai.base_url",
+                    format!("\"{}\" is not an http:// or https:// URL", openai.base_url),
+                ));
+            }
+            if let Some(var) = &openai.api_key_env
+                && var.is_empty()
+            {
+                return Err((
+                    "openai.api_key_env",
+                    "must name an environment variable".into(),
+                ));
+            }
+            if openai.connect_timeout_ms == 0 || openai.read_timeout_ms == 0 {
+                return Err(("openai", "timeouts must be at least 1 ms".into()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Model names appear in metrics labels, health service names and logs, so
@@ -531,6 +667,26 @@ mod tests {
     fn unknown_backend_is_refused() {
         let e = error("[[models]]\nname = \"a\"\nbackend = \"magic\"\n");
         assert_eq!(e.key.as_deref(), Some("models[0].backend"));
+    }
+
+    #[test]
+    fn backends_need_their_table() {
+        let e = error("[[models]]\nname = \"a\"\nbackend = \"process\"\n");
+        assert_eq!(e.key.as_deref(), Some("models[0].process"));
+        let e = error(
+            "[[models]]\nname = \"a\"\nbackend = \"process\"\n[models.process]\ncommand = []\n",
+        );
+        assert_eq!(e.key.as_deref(), Some("models[0].process.command"));
+        let e = error(
+            "[[models]]\nname = \"a\"\nbackend = \"openai\"\n[models.openai]\nbase_url = \"localhost:8000\"\n",
+        );
+        assert_eq!(e.key.as_deref(), Some("models[0].openai.base_url"));
+        let e = error(
+            "[[models]]\nname = \"a\"\nbackend = \"simulated\"\n[models.process]\ncommand = [\"x\"]\n",
+        );
+        assert_eq!(e.key.as_deref(), Some("models[0].process"));
+        let ok = "[[models]]\nname = \"a\"\nbackend = \"openai\"\n[models.openai]\nbase_url = \"http://127.0.0.1:8000/v1\"\napi_key_env = \"KEY\"\n";
+        assert!(Config::from_toml(ok, "t").is_ok());
     }
 
     #[test]

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::backend::{BackendFactory, SimulatedFactory};
-use crate::config::{BackendKind, Config, ModelConfig, validate_model_name};
+use crate::backend::{BackendFactory, ProcessFactory, SimulatedFactory};
+use crate::config::{BackendKind, Config, ModelConfig, ProcessConfig, validate_model_name};
 use crate::error::{Error, Stage};
 use crate::metrics::{Method, ModelMetrics, UNKNOWN_MODEL};
 use crate::pool::{Outcome, PoolStats, Reply, Ticket, WorkerPool};
@@ -187,6 +187,16 @@ pub fn factory_for(model: &ModelConfig) -> Arc<dyn BackendFactory> {
         BackendKind::Simulated => Arc::new(SimulatedFactory::new(
             model.simulated.clone().unwrap_or_default(),
         )),
+        BackendKind::Process => Arc::new(ProcessFactory::new(
+            &model.name,
+            model.process.clone().unwrap_or_else(|| ProcessConfig {
+                command: Vec::new(),
+                env: Default::default(),
+                cwd: None,
+                cancel_grace_ms: 0,
+            }),
+        )),
+        BackendKind::Openai => todo!(),
     }
 }
 

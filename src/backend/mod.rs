@@ -8,6 +8,7 @@
 //! connection) need no locks, and a worker whose backend panicked gets a new
 //! one.
 
+pub mod process;
 pub mod simulated;
 
 use std::fmt;
@@ -17,6 +18,7 @@ use tonic::Code;
 
 use crate::cancel::CancelSignal;
 
+pub use process::ProcessFactory;
 pub use simulated::SimulatedFactory;
 
 /// One turn of a chat conversation.
@@ -243,6 +245,17 @@ impl<'a> CallContext<'a> {
     }
 }
 
+/// Whether a backend can take another call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Ready for the next call.
+    Healthy,
+    /// Broken (its process died, hung, or wrote garbage): the worker drops
+    /// it and makes a new one. The reason labels
+    /// `infergate_worker_restarts_total`.
+    Restart(&'static str),
+}
+
 /// A synchronous model backend: one call at a time, on one worker thread.
 /// Implementations block freely; they never run on the async runtime.
 pub trait Backend: Send {
@@ -253,6 +266,12 @@ pub trait Backend: Send {
         params: &GenerateParams,
         ctx: &mut CallContext<'_>,
     ) -> Result<Completion, BackendError>;
+
+    /// Asked after every call: a backend that cannot go on says so, and is
+    /// replaced.
+    fn health(&self) -> Health {
+        Health::Healthy
+    }
 }
 
 /// Makes the backend of each worker of a model.

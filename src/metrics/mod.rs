@@ -53,6 +53,8 @@ pub const REJECTED_TOTAL: &str = "infergate_rejected_total";
 pub const CANCELLED_TOTAL: &str = "infergate_cancelled_total";
 /// Backend calls that panicked.
 pub const BACKEND_PANICS_TOTAL: &str = "infergate_backend_panics_total";
+/// Worker backends replaced, by reason.
+pub const WORKER_RESTARTS_TOTAL: &str = "infergate_worker_restarts_total";
 /// Input tokens of successful calls.
 pub const PROMPT_TOKENS_TOTAL: &str = "infergate_prompt_tokens_total";
 /// Generated tokens of successful calls.
@@ -156,6 +158,11 @@ fn describe() {
         BACKEND_PANICS_TOTAL,
         Unit::Count,
         "Backend calls that panicked; each failed INTERNAL and its worker got a fresh backend (calls)."
+    );
+    describe_counter!(
+        WORKER_RESTARTS_TOTAL,
+        Unit::Count,
+        "Worker backends replaced, by reason: exited, hung, cancelled, malformed, panic, start_failed (restarts)."
     );
     describe_counter!(
         PROMPT_TOKENS_TOTAL,

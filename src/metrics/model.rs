@@ -11,7 +11,7 @@ use crate::error::{Error, Stage};
 use crate::metrics::{
     BACKEND_DURATION, BACKEND_PANICS_TOTAL, CANCELLED_TOTAL, GENERATED_TOKENS_TOTAL,
     PROMPT_TOKENS_TOTAL, QUEUE_WAIT, REJECTED_TOTAL, REQUEST_DURATION, REQUESTS_TOTAL,
-    TIME_TO_FIRST_TOKEN, recorder,
+    TIME_TO_FIRST_TOKEN, WORKER_RESTARTS_TOTAL, recorder,
 };
 
 /// The RPC a request came through: the `method` label.
@@ -73,6 +73,17 @@ const REJECT_REASONS: [&str; 5] = [
     "not_found",
 ];
 
+/// The reasons counted in `infergate_worker_restarts_total`: what
+/// [`crate::backend::Health::Restart`] and the pool report.
+pub const RESTART_REASONS: [&str; 6] = [
+    "exited",
+    "hung",
+    "cancelled",
+    "malformed",
+    "panic",
+    "start_failed",
+];
+
 /// One model's handles. Series that depend on an outcome (a code, a
 /// reason) are registered on first use, so a scrape lists only what
 /// happened; the rest exist from start-up, at zero.
@@ -86,6 +97,7 @@ pub struct ModelMetrics {
     rejected: [OnceLock<Counter>; REJECT_REASONS.len()],
     cancelled: [OnceLock<Counter>; 2],
     panics: Counter,
+    restarts: [OnceLock<Counter>; RESTART_REASONS.len()],
     prompt_tokens: Counter,
     generated_tokens: Counter,
 }
@@ -129,6 +141,7 @@ impl ModelMetrics {
             requests: Default::default(),
             rejected: Default::default(),
             cancelled: Default::default(),
+            restarts: Default::default(),
             panics: Counter::noop(),
             prompt_tokens: Counter::noop(),
             generated_tokens: Counter::noop(),
@@ -196,6 +209,19 @@ impl ModelMetrics {
     /// A backend call panicked.
     pub fn panicked(&self) {
         self.panics.increment(1);
+    }
+
+    /// A worker's backend was replaced (or failed to start) for `reason`.
+    pub fn worker_restarted(&self, reason: &'static str) {
+        let i = RESTART_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.restarts[i]
+            .get_or_init(|| {
+                counter!(WORKER_RESTARTS_TOTAL, "model" => self.model.clone(), "reason" => RESTART_REASONS[i])
+            })
+            .increment(1);
     }
 
     /// A call succeeded with these token counts.

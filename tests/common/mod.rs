@@ -358,3 +358,25 @@ pub fn metric(scrape: &str, series: &str) -> Option<f64> {
         rest.strip_prefix(' ')?.trim().parse().ok()
     })
 }
+
+/// A TOML model entry for a process backend running the Python probe
+/// worker (`tests/python/probe_worker.py`).
+pub fn python_probe(name: &str, workers: usize, extra: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/probe_worker.py");
+    format!(
+        "[[models]]\nname = \"{name}\"\nbackend = \"process\"\nworkers = {workers}\nqueue_capacity = 64\n{extra}\n[models.process]\ncommand = [\"python3\", \"{script}\"]\ncancel_grace_ms = 200\n"
+    )
+}
+
+/// The text of a Generate call, or its status.
+pub async fn generate_text(
+    client: &InferenceClient<Channel>,
+    model: &str,
+    prompt: &str,
+) -> Result<String, tonic::Status> {
+    let mut client = client.clone();
+    client
+        .generate(request(model, prompt))
+        .await
+        .map(|r| r.into_inner().text)
+}
