@@ -491,13 +491,19 @@ fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, St
                     format!("\"{}\" is not an http:// or https:// URL", openai.base_url),
                 ));
             }
-            if let Some(var) = &openai.api_key_env
-                && var.is_empty()
-            {
-                return Err((
-                    "openai.api_key_env",
-                    "must name an environment variable".into(),
-                ));
+            if let Some(var) = &openai.api_key_env {
+                if var.is_empty() {
+                    return Err((
+                        "openai.api_key_env",
+                        "must name an environment variable".into(),
+                    ));
+                }
+                if std::env::var_os(var).is_none() {
+                    return Err((
+                        "openai.api_key_env",
+                        format!("the environment variable {var} is not set"),
+                    ));
+                }
             }
             if openai.connect_timeout_ms == 0 || openai.read_timeout_ms == 0 {
                 return Err(("openai", "timeouts must be at least 1 ms".into()));
@@ -685,7 +691,12 @@ mod tests {
             "[[models]]\nname = \"a\"\nbackend = \"simulated\"\n[models.process]\ncommand = [\"x\"]\n",
         );
         assert_eq!(e.key.as_deref(), Some("models[0].process"));
-        let ok = "[[models]]\nname = \"a\"\nbackend = \"openai\"\n[models.openai]\nbase_url = \"http://127.0.0.1:8000/v1\"\napi_key_env = \"KEY\"\n";
+        let e = error(
+            "[[models]]\nname = \"a\"\nbackend = \"openai\"\n[models.openai]\nbase_url = \"http://h/v1\"\napi_key_env = \"INFERGATE_SURELY_UNSET_VAR\"\n",
+        );
+        assert_eq!(e.key.as_deref(), Some("models[0].openai.api_key_env"));
+        assert!(e.message.contains("INFERGATE_SURELY_UNSET_VAR"));
+        let ok = "[[models]]\nname = \"a\"\nbackend = \"openai\"\n[models.openai]\nbase_url = \"http://127.0.0.1:8000/v1\"\napi_key_env = \"PATH\"\n";
         assert!(Config::from_toml(ok, "t").is_ok());
     }
 

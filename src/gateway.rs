@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use crate::backend::{BackendFactory, ProcessFactory, SimulatedFactory};
-use crate::config::{BackendKind, Config, ModelConfig, ProcessConfig, validate_model_name};
+use crate::backend::{BackendFactory, OpenAiFactory, ProcessFactory, SimulatedFactory};
+use crate::config::{BackendKind, Config, ModelConfig, validate_model_name};
 use crate::error::{Error, Stage};
 use crate::metrics::{Method, ModelMetrics, UNKNOWN_MODEL};
 use crate::pool::{Outcome, PoolStats, Reply, Ticket, WorkerPool};
@@ -181,23 +181,19 @@ struct Admitted<'a> {
     timeout_ms: u64,
 }
 
-/// The backend factory for a configured model.
-pub fn factory_for(model: &ModelConfig) -> Arc<dyn BackendFactory> {
-    match model.backend {
+/// The backend factory for a configured model; `None` when the model lacks
+/// its backend's settings table (which validation refuses).
+pub fn factory_for(model: &ModelConfig) -> Option<Arc<dyn BackendFactory>> {
+    Some(match model.backend {
         BackendKind::Simulated => Arc::new(SimulatedFactory::new(
             model.simulated.clone().unwrap_or_default(),
         )),
-        BackendKind::Process => Arc::new(ProcessFactory::new(
+        BackendKind::Process => Arc::new(ProcessFactory::new(&model.name, model.process.clone()?)),
+        BackendKind::Openai => Arc::new(OpenAiFactory::from_config(
             &model.name,
-            model.process.clone().unwrap_or_else(|| ProcessConfig {
-                command: Vec::new(),
-                env: Default::default(),
-                cwd: None,
-                cancel_grace_ms: 0,
-            }),
+            model.openai.as_ref()?,
         )),
-        BackendKind::Openai => todo!(),
-    }
+    })
 }
 
 impl Gateway {
@@ -208,13 +204,21 @@ impl Gateway {
 
     /// Starts the models of a (validated) configuration.
     pub fn from_config(config: &Config) -> io::Result<Gateway> {
-        config
-            .models
-            .iter()
-            .fold(Gateway::builder(), |b, m| {
-                b.model(m.clone(), factory_for(m))
-            })
-            .build()
+        let mut builder = Gateway::builder();
+        for model in &config.models {
+            let factory = factory_for(model).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "model \"{}\" has no [models.{}] table",
+                        model.name,
+                        model.backend.as_str()
+                    ),
+                )
+            })?;
+            builder = builder.model(model.clone(), factory);
+        }
+        builder.build()
     }
 
     /// The models, in configuration order.

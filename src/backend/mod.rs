@@ -8,6 +8,7 @@
 //! connection) need no locks, and a worker whose backend panicked gets a new
 //! one.
 
+pub mod openai;
 pub mod process;
 pub mod simulated;
 
@@ -18,6 +19,7 @@ use tonic::Code;
 
 use crate::cancel::CancelSignal;
 
+pub use openai::OpenAiFactory;
 pub use process::ProcessFactory;
 pub use simulated::SimulatedFactory;
 
@@ -186,6 +188,7 @@ pub struct CallContext<'a> {
     deadline: Instant,
     sink: &'a mut dyn TokenSink,
     first_token: Option<Instant>,
+    streaming: bool,
 }
 
 impl<'a> CallContext<'a> {
@@ -196,7 +199,20 @@ impl<'a> CallContext<'a> {
             deadline,
             sink,
             first_token: None,
+            streaming: false,
         }
+    }
+
+    /// Marks the call as streaming (GenerateStream).
+    pub fn with_streaming(mut self, streaming: bool) -> Self {
+        self.streaming = streaming;
+        self
+    }
+
+    /// Whether the client reads the text as it is produced (GenerateStream)
+    /// or whole (Generate): a backend with both modes upstream picks one.
+    pub fn is_streaming(&self) -> bool {
+        self.streaming
     }
 
     /// Sends the next piece of generated text to the caller. Fails when the

@@ -182,12 +182,26 @@ fn run_job(index: usize, shared: &Shared, slot: &mut Slot, job: Job) {
     let (ended, text) = match &reply {
         Reply::Whole(_) => {
             let mut sink = Collect(String::new());
-            let ended = call(backend.as_mut(), &params, &cancel, deadline, &mut sink);
+            let ended = call(
+                backend.as_mut(),
+                &params,
+                &cancel,
+                deadline,
+                &mut sink,
+                false,
+            );
             (ended, sink.0)
         }
         Reply::Stream(tx) => {
             let mut sink = Forward(tx);
-            let ended = call(backend.as_mut(), &params, &cancel, deadline, &mut sink);
+            let ended = call(
+                backend.as_mut(),
+                &params,
+                &cancel,
+                deadline,
+                &mut sink,
+                true,
+            );
             (ended, String::new())
         }
     };
@@ -258,8 +272,9 @@ fn call(
     cancel: &CancelSignal,
     deadline: Instant,
     sink: &mut dyn TokenSink,
+    streaming: bool,
 ) -> Ended {
-    let mut ctx = CallContext::new(cancel, deadline, sink);
+    let mut ctx = CallContext::new(cancel, deadline, sink).with_streaming(streaming);
     match catch_unwind(AssertUnwindSafe(|| backend.generate(params, &mut ctx))) {
         Ok(Ok(completion)) => Ended::Done(completion, ctx.first_token_at()),
         Ok(Err(error)) => Ended::Failed(error),
