@@ -1,7 +1,8 @@
-//! The command line: `serve` and `check-config`.
+//! The command line: `serve`, `check-config` and `bench`.
 //!
 //! Exit codes: 0 on a clean stop (including after SIGTERM), 78 (EX_CONFIG)
-//! for a configuration that cannot be used, 1 when the server fails.
+//! for a configuration that cannot be used, 64 (EX_USAGE) for bench flags
+//! or a bench target that cannot be used, 1 when the server fails.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,11 +10,15 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::bench::BenchArgs;
 use crate::config::{Config, ConfigError};
 use crate::server;
 
 /// Exit code for an unusable configuration (sysexits.h EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
+/// Exit code for bad flags or an unreachable bench target (sysexits.h
+/// EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
 
 /// infergate: a gRPC gateway that runs synchronous LLM backends on bounded
 /// per-model worker pools, so that concurrent calls overlap.
@@ -35,6 +40,8 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Load-test a gateway, ghz-style (e.g. `bench 127.0.0.1:50051 -c 50 -n 1000`).
+    Bench(BenchArgs),
 }
 
 /// Flags of `serve`.
@@ -82,7 +89,50 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(&args),
         Command::CheckConfig { file } => check_config(&file),
+        Command::Bench(args) => bench(&args),
     }
+}
+
+fn bench(args: &BenchArgs) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(crate::bench::bench(args)) {
+        Ok(report) => {
+            let written = match &args.output {
+                Some(path) => {
+                    std::fs::write(path, report).map_err(|e| format!("{}: {e}", path.display()))
+                }
+                None => {
+                    print!("{report}");
+                    Ok(())
+                }
+            };
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: cannot write the report: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("infergate-rt")
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
@@ -90,16 +140,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Ok(config) => config,
         Err(e) => return config_error(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("infergate-rt")
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(server::serve(&config, server::shutdown_signal())) {
         Ok(()) => {

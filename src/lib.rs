@@ -21,9 +21,11 @@
 //! - [`error`]: the error type and its status codes
 //! - [`message_limit`]: oversized requests → RESOURCE_EXHAUSTED
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint
+//! - [`bench`]: `infergate bench`, the ghz-compatible load generator
 //! - [`cli`]: the command line
 
 pub mod backend;
+pub mod bench;
 pub mod cancel;
 pub mod cli;
 pub mod config;

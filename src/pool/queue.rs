@@ -11,6 +11,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
+/// How many times an idle worker yields its core before it sleeps.
+const POP_YIELDS: u32 = 3;
+
 /// Why a job was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
@@ -84,8 +87,13 @@ impl<T> JobQueue<T> {
         state.slots.push_back((id, Some(job)));
         state.live += 1;
         self.len.store(state.live, Ordering::Relaxed);
+        // A notify is a futex syscall even with nobody waiting: skip it when
+        // every worker is busy (they take the job when they come back).
+        let wake = state.idle_workers > 0;
         drop(state);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
         Ok(id)
     }
 
@@ -117,6 +125,17 @@ impl<T> JobQueue<T> {
             }
             if state.closed {
                 return None;
+            }
+            drop(state);
+            for _ in 0..POP_YIELDS {
+                std::thread::yield_now();
+                if self.len.load(Ordering::Relaxed) > 0 {
+                    break;
+                }
+            }
+            state = self.lock();
+            if state.live > 0 || state.closed {
+                continue;
             }
             state.idle_workers += 1;
             state = self
