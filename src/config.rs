@@ -178,7 +178,8 @@ pub enum SimulatedMode {
     /// Sleeps: like waiting on I/O or a remote model; costs no CPU.
     #[default]
     Sleep,
-    /// Spins: burns one core for the whole latency, like local inference.
+    /// Spins: burns that much CPU time, like local inference (a call takes
+    /// longer when more calls spin than there are cores).
     Spin,
 }
 

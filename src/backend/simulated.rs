@@ -5,7 +5,8 @@
 //! up to `max_tokens` (or the configured `output_tokens`); the
 //! delay is `latency_ms` before the first token plus `token_latency_ms` per
 //! token, spent sleeping (like waiting on a remote model) or spinning (like
-//! local inference burning a core). It stops early when cancelled.
+//! local inference: that much CPU time, so calls slow down when they
+//! outnumber the cores). It stops early when cancelled.
 
 use std::time::{Duration, Instant};
 
@@ -66,9 +67,11 @@ impl SimulatedBackend {
     }
 }
 
-/// Burns CPU for `duration`, checking for cancellation as it goes.
+/// Burns `duration` of this thread's CPU time, checking for cancellation as
+/// it goes. CPU time, not wall time: when more calls spin than there are
+/// cores, each takes longer, as real CPU-bound inference does.
 fn spin(ctx: &CallContext<'_>, duration: Duration) -> Result<(), Cancelled> {
-    let until = Instant::now() + duration;
+    let clock = ThreadClock::start();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     loop {
         for _ in 0..2_000 {
@@ -81,10 +84,56 @@ fn spin(ctx: &CallContext<'_>, duration: Duration) -> Result<(), Cancelled> {
         if ctx.is_cancelled() {
             return Err(Cancelled);
         }
-        if Instant::now() >= until {
+        if clock.elapsed() >= duration {
             return Ok(());
         }
     }
+}
+
+/// The CPU time the calling thread has used since `start`.
+struct ThreadClock {
+    start: Duration,
+    wall: Instant,
+}
+
+impl ThreadClock {
+    fn start() -> Self {
+        ThreadClock {
+            start: thread_cpu_time().unwrap_or_default(),
+            wall: Instant::now(),
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        match thread_cpu_time() {
+            Some(now) => now.saturating_sub(self.start),
+            // No per-thread clock: fall back to wall time.
+            None => self.wall.elapsed(),
+        }
+    }
+}
+
+#[cfg(unix)]
+fn thread_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer to a
+    // local; CLOCK_THREAD_CPUTIME_ID is supported on Linux and the BSDs.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if status != 0 {
+        return None;
+    }
+    Some(Duration::new(
+        u64::try_from(ts.tv_sec).ok()?,
+        u32::try_from(ts.tv_nsec).ok()?,
+    ))
+}
+
+#[cfg(not(unix))]
+fn thread_cpu_time() -> Option<Duration> {
+    None
 }
 
 impl Backend for SimulatedBackend {

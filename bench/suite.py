@@ -1,0 +1,493 @@
+"""The infergate benchmark suite (standard library only; run by bench/run.sh).
+
+Starts infergate and the baselines on loopback, drives them with
+`infergate bench`, and writes bench/RESULTS.md with, for each scenario, the
+figure, the target and pass or fail, every ratio measured side by side in
+the same run, plus a picture per scenario (SVG, next to the results).
+
+    python3 bench/suite.py --infergate target/release/infergate \
+        --baseline target/release/examples/tonic_echo --python .venv/bin/python [--smoke]
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import svg  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, process, timeout=30):
+    give_up = time.time() + timeout
+    while time.time() < give_up:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}: {' '.join(process.args)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
+
+
+class Servers:
+    """The processes of the run, stopped at the end whatever happens."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.processes = []
+
+    def start(self, args, port, log):
+        out = open(os.path.join(self.workdir, log), "w")
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.processes.append(process)
+        wait_port(port, process)
+        return process
+
+    def stop(self, process):
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def stop_all(self):
+        for process in self.processes:
+            self.stop(process)
+
+
+def model(name, latency_ms, workers, queue, mode="sleep"):
+    return (f'[[models]]\nname = "{name}"\nbackend = "simulated"\nworkers = {workers}\n'
+            f'queue_capacity = {queue}\ntimeout_ms = 600000\n'
+            f'[models.simulated]\nlatency_ms = {latency_ms}\nmode = "{mode}"\n')
+
+
+def gateway_config(port, metrics_port, models):
+    return (f'[server]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = "127.0.0.1:{metrics_port}"\n'
+            f'shutdown_grace_seconds = 5\n' + "".join(models))
+
+
+class Suite:
+    def __init__(self, args):
+        self.args = args
+        self.smoke = args.smoke
+        self.workdir = tempfile.mkdtemp(prefix="infergate-bench-")
+        self.out = args.out
+        os.makedirs(self.out, exist_ok=True)
+        self.servers = Servers(self.workdir)
+        self.rows = []      # (scenario, figure, value, target, passed)
+        self.sections = []  # markdown per scenario
+
+    # -- tools -------------------------------------------------------------
+
+    def bench(self, target, data, *flags, name="run", details=False):
+        """Runs `infergate bench --format json`; returns the report."""
+        path = os.path.join(self.workdir, f"{name}.json")
+        command = [self.args.infergate, "bench", target, "-d", json.dumps(data),
+                   "--format", "json", "-o", path, "--name", name, *flags]
+        if not details:
+            command.append("--no-details")
+        subprocess.run(command, check=True, cwd=ROOT)
+        with open(path) as f:
+            report = json.load(f)
+        if details:
+            shutil.copy(path, os.path.join(self.out, f"{name}.json"))
+        return report
+
+    def start_gateway(self, models, log):
+        port, metrics_port = free_port(), free_port()
+        config = os.path.join(self.workdir, f"{log}.toml")
+        with open(config, "w") as f:
+            f.write(gateway_config(port, metrics_port, models))
+        process = self.servers.start([self.args.infergate, "serve", "--config", config], port, f"{log}.log")
+        wait_port(metrics_port, process)
+        return f"127.0.0.1:{port}", metrics_port, process
+
+    def row(self, scenario, figure, value, target, passed):
+        self.rows.append((scenario, figure, value, target, "pass" if passed else "**FAIL**"))
+
+    def secs(self, ns):
+        return ns / 1e9
+
+    def ms(self, ns):
+        return ns / 1e6
+
+    # -- scenarios ---------------------------------------------------------
+
+    def s1_overhead(self):
+        duration = "2s" if self.smoke else "10s"
+        warm = "1s"
+        data = {"model": "echo", "prompt": "hello"}
+        gateway, _, gw = self.start_gateway([model("echo", 0, 64, 4096)], "s1-gateway")
+        bare_port = free_port()
+        bare = self.servers.start([self.args.baseline, "--listen", f"127.0.0.1:{bare_port}", "--mode", "echo"],
+                                  bare_port, "s1-bare.log")
+        py_port = free_port()
+        python = self.servers.start([self.args.python, os.path.join(HERE, "baselines", "grpcio_server.py"),
+                                     "--port", str(py_port), "--workers", "50", "--latency-ms", "0"],
+                                    py_port, "s1-grpcio.log")
+        targets = [("infergate", gateway), ("bare tonic", f"127.0.0.1:{bare_port}"), ("Python grpcio", f"127.0.0.1:{py_port}")]
+        reports = {}
+        for label, target in targets:
+            self.bench(target, data, "-c", "50", "-z", warm, name="s1-warmup")
+            reports[label] = self.bench(target, data, "-c", "50", "-z", duration, name=f"s1-{label.split()[-1]}")
+        for process in (gw, bare, python):
+            self.servers.stop(process)
+
+        rps = {label: r["rps"] for label, r in reports.items()}
+        p = {label: {d["percentage"]: d["latency"] for d in r["latencyDistribution"]} for label, r in reports.items()}
+        vs_bare = rps["infergate"] / rps["bare tonic"]
+        vs_python = rps["infergate"] / rps["Python grpcio"]
+        self.row("S1 overhead floor", "requests/s vs bare tonic (0 ms backend, c=50)", f"{vs_bare:.2f}x ({rps['infergate']:.0f} vs {rps['bare tonic']:.0f})", ">= 0.8x", vs_bare >= 0.8)
+        self.row("S1 overhead floor", "requests/s vs Python grpcio + ThreadPoolExecutor", f"{vs_python:.1f}x ({rps['Python grpcio']:.0f})", ">= 5x", vs_python >= 5)
+        added50 = (p["infergate"][50] - p["bare tonic"][50]) / 1e3
+        added99 = (p["infergate"][99] - p["bare tonic"][99]) / 1e3
+        self.row("S1 overhead floor", "added latency over bare tonic, p50 / p99", f"{added50:+.0f} µs / {added99:+.0f} µs", "reported", True)
+        svg.bars(os.path.join(self.out, "s1-throughput.svg"), "S1: requests/s at c=50, 0 ms backend",
+                 [(label, rps[label]) for label, _ in targets], unit="req/s")
+        table = "\n".join(f"| {label} | {rps[label]:.0f} | {p[label][50] / 1e3:.0f} µs | {p[label][99] / 1e3:.0f} µs | {reports[label]['count']} |" for label, _ in targets)
+        self.sections.append(f"""### S1 overhead floor
+
+Echo model (0 ms simulated backend, 64 workers) against a bare tonic server
+with the same messages and no pool, and a Python grpcio server whose
+handler runs on a ThreadPoolExecutor (50 threads); `infergate bench -c 50
+-z {duration}` each, after a {warm} warm-up, one after the other, load
+generator on the same 2 cores.
+
+| server | requests/s | p50 | p99 | calls |
+|---|---|---|---|---|
+{table}
+
+![S1 throughput](results/s1-throughput.svg)
+""")
+
+    def s2_overlap(self):
+        models = [model("slow-a", 829, 1, 4), model("slow-b", 696, 1, 4),
+                  model("burst64", 100, 64, 64), model("burst16", 100, 16, 64)]
+        gateway, _, gw = self.start_gateway(models, "s2-gateway")
+        naive_port = free_port()
+        naive = self.servers.start([self.args.baseline, "--listen", f"127.0.0.1:{naive_port}", "--mode", "naive",
+                                    "--latency", "slow-a=829", "--latency", "slow-b=696", "--default-latency-ms", "100"],
+                                   naive_port, "s2-naive.log")
+        pair = [{"model": "slow-a", "prompt": "search the literature"}, {"model": "slow-b", "prompt": "rank the abstracts"}]
+        burst = lambda m: {"model": m, "prompt": "x"}  # noqa: E731
+        # Warm the connections' code paths once.
+        self.bench(gateway, burst("burst64"), "-c", "4", "-n", "8", name="s2-warmup")
+        r_pair = self.bench(gateway, pair, "-c", "2", "-n", "2", name="s2-pair", details=True)
+        r64 = self.bench(gateway, burst("burst64"), "-c", "64", "-n", "64", name="s2-64-on-64", details=True)
+        r16 = self.bench(gateway, burst("burst16"), "-c", "64", "-n", "64", name="s2-64-on-16", details=True)
+        n_pair = self.bench(f"127.0.0.1:{naive_port}", pair, "-c", "2", "-n", "2", name="s2-naive-pair", details=True)
+        naive_calls = 16 if self.smoke else 64
+        n64 = self.bench(f"127.0.0.1:{naive_port}", burst("x"), "-c", "64", "-n", str(naive_calls), name="s2-naive-64", details=True)
+        self.servers.stop(gw)
+        self.servers.stop(naive)
+
+        t_pair, t64, t16 = self.secs(r_pair["total"]), self.secs(r64["total"]), self.secs(r16["total"])
+        self.row("S2 overlap", "the original pair, 829 ms + 696 ms at once", f"{t_pair:.3f} s (naive: {self.secs(n_pair['total']):.3f} s)", "<= 0.84 s", t_pair <= 0.84 and r_pair["statusCodeDistribution"].get("OK") == 2)
+        self.row("S2 overlap", "64 calls of 100 ms on 64 workers", f"{t64 * 1000:.1f} ms ({t64 / 0.1:.3f}x of 100 ms)", "<= 1.05x", t64 <= 0.105 and r64["statusCodeDistribution"].get("OK") == 64)
+        self.row("S2 overlap", "64 calls of 100 ms on 16 workers", f"{t16 * 1000:.1f} ms ({t16 / 0.4:.3f}x of the 400 ms bound)", "<= 1.05x", t16 <= 0.42 and r16["statusCodeDistribution"].get("OK") == 64)
+        self.row("S2 overlap", f"naive design: {naive_calls} calls of 100 ms, blocking inline", f"{self.secs(n64['total']):.2f} s", "shown", True)
+        svg.timeline(os.path.join(self.out, "s2-timeline.svg"), "S2: calls over time",
+                     [("infergate: the pair", r_pair), ("naive: the pair", n_pair),
+                      ("infergate: 64 x 100 ms, 16 workers", r16), (f"naive: {naive_calls} x 100 ms", n64)])
+        self.sections.append(f"""### S2 overlap
+
+The original pair (829 ms and 696 ms, the story's 8.29 s and 6.96 s scaled
+down 10x; serial 1.525 s) as two concurrent calls; bursts of 64 calls of 100
+ms on 64 and on 16 workers (bound: 100 ms and 400 ms); beside them the naive
+design (`bench/baselines/tonic_echo.rs --mode naive`: the blocking call
+inline in the async handler, on one runtime thread like the asyncio loop of
+the original attempt).
+
+| run | wall | calls OK |
+|---|---|---|
+| infergate, the pair | {t_pair:.3f} s | {r_pair['statusCodeDistribution'].get('OK', 0)} |
+| naive, the pair | {self.secs(n_pair['total']):.3f} s | {n_pair['statusCodeDistribution'].get('OK', 0)} |
+| infergate, 64 x 100 ms on 64 workers | {t64 * 1000:.1f} ms | {r64['statusCodeDistribution'].get('OK', 0)} |
+| infergate, 64 x 100 ms on 16 workers | {t16 * 1000:.1f} ms | {r16['statusCodeDistribution'].get('OK', 0)} |
+| naive, {naive_calls} x 100 ms | {self.secs(n64['total']):.2f} s | {n64['statusCodeDistribution'].get('OK', 0)} |
+
+![S2 calls over time](results/s2-timeline.svg)
+""")
+
+    def s3_saturation(self):
+        duration = "3s" if self.smoke else "30s"
+        gateway, _, gw = self.start_gateway([model("sat", 50, 32, 64)], "s3-gateway")
+        data = {"model": "sat", "prompt": "x"}
+        self.bench(gateway, data, "-c", "64", "-z", "1s", name="s3-warmup")
+        r = self.bench(gateway, data, "-c", "64", "-z", duration, name="s3")
+        self.servers.stop(gw)
+        bound = 32 / 0.05
+        errors = r["count"] - r["statusCodeDistribution"].get("OK", 0)
+        mean = self.secs(r["average"])
+        little = 64 / r["rps"]
+        off = abs(mean - little) / little
+        self.row("S3 saturation", "throughput, 32 workers x 50 ms, c=64", f"{r['rps']:.1f} req/s ({r['rps'] / bound:.1%} of {bound:.0f})", ">= 95%", r["rps"] >= 0.95 * bound)
+        self.row("S3 saturation", "mean latency vs Little's law (c / throughput)", f"{mean * 1000:.1f} ms vs {little * 1000:.1f} ms ({off:.1%} apart)", "within 5%", off <= 0.05)
+        self.row("S3 saturation", "errors", f"{errors}", "0", errors == 0)
+        svg.histogram(os.path.join(self.out, "s3-latency.svg"), "S3: latency at saturation (c=64, 32 workers x 50 ms)", r)
+        self.sections.append(f"""### S3 saturation
+
+32 workers, 50 ms calls, closed loop c=64 for {duration}: the pool is full and
+32 calls wait, so each call waits one service time and latency is about 100
+ms; throughput is bounded by 32 / 50 ms = 640 requests/s.
+
+{r['count']} calls, {r['rps']:.1f} requests/s, mean {mean * 1000:.1f} ms,
+p50 {self.ms(r['latencyDistribution'][2]['latency']):.1f} ms, p99 {self.ms(r['latencyDistribution'][6]['latency']):.1f} ms.
+
+![S3 latency](results/s3-latency.svg)
+""")
+
+    def s4_queueing(self):
+        duration = "3s" if self.smoke else "20s"
+        gateway, _, gw = self.start_gateway([model("sat", 50, 32, 64)], "s4-gateway")
+        data = {"model": "sat", "prompt": "x"}
+        self.bench(gateway, data, "--rps", "400", "-z", "1s", name="s4-warmup")
+        r = self.bench(gateway, data, "--rps", "400", "-z", duration, name="s4")
+        self.servers.stop(gw)
+        p99 = self.ms(r["latencyDistribution"][6]["latency"])
+        wait99 = r["infergate"]["queueWait"]["p99"] / 1e6
+        self.row("S4 queueing", "p99 latency, open loop 400 req/s, 32 workers x 50 ms", f"{p99:.2f} ms ({p99 / 50:.3f}x of 50 ms)", "<= 1.04x", p99 <= 52)
+        self.row("S4 queueing", "server-side queue wait p99", f"{wait99:.3f} ms", "<= 1 ms", wait99 <= 1.0)
+        svg.histogram(os.path.join(self.out, "s4-latency.svg"), "S4: latency, open loop 400 req/s (service time 50 ms)", r)
+        self.sections.append(f"""### S4 queueing overhead
+
+The S3 model in open loop at 400 requests/s for {duration} (62.5% utilisation):
+calls start on schedule whatever the server does, and latency is measured
+from the scheduled start. {r['count']} calls; p50 {self.ms(r['latencyDistribution'][2]['latency']):.2f} ms,
+p99 {p99:.2f} ms; server-reported queue wait mean {r['infergate']['queueWait']['mean'] / 1e3:.0f} µs, p99 {wait99 * 1000:.0f} µs.
+
+![S4 latency](results/s4-latency.svg)
+""")
+
+    def s5_scale(self):
+        calls = 1000 if self.smoke else 10000
+        workers = 64
+        gateway, metrics_port, gw = self.start_gateway([model("scale", 10000, workers, calls)], "s5-gateway")
+        # Warm the server's code paths (a call to an unknown model costs
+        # nothing), then read its idle size.
+        self.bench(gateway, {"model": "warm-up", "prompt": "x"}, "-c", "1", "-n", "10", name="s5-touch")
+        rss0, threads0 = proc_status(gw.pid)
+        path = os.path.join(self.workdir, "s5.json")
+        load = subprocess.Popen([self.args.infergate, "bench", gateway, "-d", json.dumps({"model": "scale", "prompt": "x"}),
+                                 "-c", str(calls), "-n", str(calls), "-t", "600s", "--format", "json", "-o", path, "--no-details"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peak = None
+        give_up = time.time() + 120
+        while time.time() < give_up:
+            scrape = get(f"http://127.0.0.1:{metrics_port}/metrics")
+            inflight = metric(scrape, 'infergate_inflight_requests{model="scale"}')
+            if inflight is not None and inflight >= calls:
+                peak = scrape
+                break
+            time.sleep(0.25)
+        rss1, threads1 = proc_status(gw.pid)
+        rejected = sum(v for k, v in metrics_of(peak or "", "infergate_rejected_total").items() if 'model="scale"' in k)
+        load.send_signal(signal.SIGINT)
+        try:
+            load.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            load.kill()
+        # The cancelled calls leave the queue: the gateway drains at once.
+        drained_in = None
+        start = time.time()
+        while time.time() - start < 30:
+            scrape = get(f"http://127.0.0.1:{metrics_port}/metrics")
+            if metric(scrape, 'infergate_inflight_requests{model="scale"}') == 0:
+                drained_in = time.time() - start
+                break
+            time.sleep(0.1)
+        self.servers.stop(gw)
+        cores = os.cpu_count() or 2
+        growth = (rss1 - rss0) / 1024
+        thread_bound = workers + cores + 5
+        self.row("S5 scale", f"{calls} calls in flight at once (10 s backend, {workers} workers)", "reached" if peak else "not reached", "all admitted", peak is not None and rejected == 0)
+        self.row("S5 scale", "memory growth (RSS)", f"{growth:.1f} MiB ({growth * 1024 / calls:.1f} KiB per call)", "<= 100 MiB", peak is not None and growth <= 100)
+        self.row("S5 scale", "OS threads at peak", f"{threads1} (idle: {threads0})", f"<= {thread_bound} (workers + {cores} runtime + 5)", threads1 <= thread_bound)
+        svg.bars(os.path.join(self.out, "s5-memory.svg"), f"S5: gateway memory, idle and with {calls} calls in flight",
+                 [("RSS idle", rss0 / 1024), (f"RSS, {calls} in flight", rss1 / 1024)], unit="MiB")
+        self.sections.append(f"""### S5 scale
+
+{calls} calls at once on a model with a 10 s backend, {workers} workers and a
+queue of {calls}: {workers} run, the rest wait in the queue, and waiting
+costs memory, not threads. Measured from /proc when the gateway's
+`infergate_inflight_requests` reached {calls}: RSS {rss0 / 1024:.1f} MiB idle,
+{rss1 / 1024:.1f} MiB at the peak; {threads0} threads idle, {threads1} at the peak;
+{int(rejected)} rejected. Then the load generator was interrupted: every
+call was cancelled and the gateway had nothing in flight
+{f'{drained_in:.1f} s later' if drained_in is not None else '(not within 30 s)'}.
+
+![S5 memory](results/s5-memory.svg)
+""")
+
+    def s6_cpu(self):
+        duration = 2 if self.smoke else 10
+        runs = []
+        for workers in (2, 8):
+            gateway, metrics_port, gw = self.start_gateway([model("spin", 100, workers, 64, mode="spin")], f"s6-{workers}")
+            data = {"model": "spin", "prompt": "x"}
+            self.bench(gateway, data, "-c", "16", "-z", "1s", name="s6-warmup")
+            before = get(f"http://127.0.0.1:{metrics_port}/metrics")
+            cpu0, t0 = proc_cpu(gw.pid), time.time()
+            r = self.bench(gateway, data, "-c", "16", "-z", f"{duration}s", name=f"s6-{workers}")
+            cpu1, t1 = proc_cpu(gw.pid), time.time()
+            after = get(f"http://127.0.0.1:{metrics_port}/metrics")
+            self.servers.stop(gw)
+            busy = metric(after, 'infergate_backend_busy_seconds_total{model="spin"}') - metric(before, 'infergate_backend_busy_seconds_total{model="spin"}')
+            parallelism = busy / (t1 - t0)
+            cpu = (cpu1 - cpu0) / (t1 - t0)
+            backend_mean = self.secs(r["infergate"]["backendTotal"]) / max(1, r["count"])
+            runs.append((workers, r["rps"], parallelism, cpu, backend_mean))
+        (w2, rps2, par2, cpu2, b2), (w8, rps8, par8, cpu8, b8) = runs
+        cores = os.cpu_count() or 2
+        self.row("S6 CPU-bound", "throughput, 2 vs 8 spinning workers (100 ms CPU per call)", f"{rps2:.1f} vs {rps8:.1f} req/s", f"8 workers gain nothing on {cores} cores", rps8 <= rps2 * 1.15)
+        self.row("S6 CPU-bound", "metrics: busy workers (rate of busy-seconds) vs CPU cores used", f"{par2:.1f} busy / {cpu2:.2f} cores vs {par8:.1f} busy / {cpu8:.2f} cores", "busy grows, cores do not", par8 > par2 * 2 and cpu8 <= cores + 0.2)
+        svg.groups(os.path.join(self.out, "s6-cpu.svg"), "S6: CPU-bound calls on 2 cores, 2 vs 8 workers",
+                   ["requests/s", "busy workers (metrics)", "CPU cores used", "mean backend time (x 10 ms)"],
+                   [(f"{w2} workers", [rps2, par2, cpu2, b2 * 100]), (f"{w8} workers", [rps8, par8, cpu8, b8 * 100])])
+        self.sections.append(f"""### S6 CPU-bound
+
+`mode = "spin"`: each call burns 100 ms of CPU. Closed loop c=16 for {duration} s
+on {cores} cores, with 2 and with 8 workers. More workers than cores add
+no throughput: the calls share the cores and each takes longer. The metrics
+say so: `rate(infergate_backend_busy_seconds_total)` (calls running at once)
+rises with the workers while the CPU the gateway uses stays at the core
+count, and the mean backend time grows.
+
+| workers | requests/s | busy workers (metrics) | CPU cores used (/proc) | mean backend time |
+|---|---|---|---|---|
+| {w2} | {rps2:.1f} | {par2:.2f} | {cpu2:.2f} | {b2 * 1000:.0f} ms |
+| {w8} | {rps8:.1f} | {par8:.2f} | {cpu8:.2f} | {b8 * 1000:.0f} ms |
+
+For CPU-bound Python, the process backend gives each worker its own
+interpreter: see `tests/process_cpu.rs` (2 workers do about twice the work
+of 1 on 2 cores).
+
+![S6 CPU](results/s6-cpu.svg)
+""")
+
+    # -- output ------------------------------------------------------------
+
+    def write(self, path, elapsed):
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        passed = sum(1 for r in self.rows if r[4] == "pass")
+        table = "\n".join(f"| {s} | {f} | {v} | {t} | {p} |" for s, f, v, t, p in self.rows)
+        cpu = cpu_model()
+        with open(path, "w") as f:
+            f.write(f"""# infergate benchmark results
+
+Written by `bench/run.sh`{' --smoke (a smoke run: short durations, not the figures of record)' if self.smoke else ''}
+on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit `{commit}`, in {elapsed:.0f} s.
+Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; release builds; loopback only;
+the load generator (`infergate bench`) runs on the same cores as the servers.
+
+{passed} of {len(self.rows)} checks pass.
+
+| scenario | figure | measured | target | result |
+|---|---|---|---|---|
+{table}
+
+""")
+            f.write("\n".join(self.sections))
+        print(f"{passed}/{len(self.rows)} checks pass; wrote {path}")
+        return passed == len(self.rows)
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def metric(scrape, series):
+    for line in scrape.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def metrics_of(scrape, name):
+    values = {}
+    for line in scrape.splitlines():
+        if line.startswith(name + "{"):
+            key, value = line.rsplit(" ", 1)
+            values[key] = float(value)
+    return values
+
+
+def proc_status(pid):
+    """(RSS in KiB, threads) of a process."""
+    with open(f"/proc/{pid}/status") as f:
+        text = f.read()
+    rss = int(re.search(r"VmRSS:\s+(\d+)", text).group(1))
+    threads = int(re.search(r"Threads:\s+(\d+)", text).group(1))
+    return rss, threads
+
+
+def proc_cpu(pid):
+    """CPU seconds (user + system) a process has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--infergate", required=True)
+    parser.add_argument("--baseline", required=True, help="the tonic_echo example binary")
+    parser.add_argument("--python", required=True, help="a Python with grpcio and grpcio-tools")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"))
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--only", help="comma-separated scenarios, e.g. s1,s4")
+    args = parser.parse_args()
+    suite = Suite(args)
+    start = time.time()
+    scenarios = [suite.s1_overhead, suite.s2_overlap, suite.s3_saturation, suite.s4_queueing, suite.s5_scale, suite.s6_cpu]
+    if args.only:
+        wanted = set(args.only.split(","))
+        scenarios = [s for s in scenarios if s.__name__.split("_")[0] in wanted]
+    try:
+        for scenario in scenarios:
+            print(f"== {scenario.__name__}", flush=True)
+            scenario()
+    finally:
+        suite.servers.stop_all()
+        shutil.rmtree(suite.workdir, ignore_errors=True)
+    ok = suite.write(args.results, time.time() - start)
+    sys.exit(0 if ok or args.smoke else 1)
+
+
+if __name__ == "__main__":
+    main()
