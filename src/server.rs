@@ -41,6 +41,24 @@ const ABORT_WAIT: Duration = Duration::from_secs(1);
 /// middleboxes, and find dead peers.
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 
+/// Bytes of HTTP/2 connection window per stream a connection may open.
+/// Besides flow control, h2 derives from the connection window (half of it)
+/// its budget for small DATA frames received but not yet read, and closes a
+/// connection that exceeds it (ENHANCE_YOUR_CALM). Every unary gRPC call
+/// sends one small DATA frame that waits until its handler runs, costing
+/// about 256 bytes of that budget, so the window must cover a burst of
+/// `max_concurrent_streams` new calls: with the default 65,535 bytes, a
+/// client that opens ~150 calls at once is cut off.
+const WINDOW_BYTES_PER_STREAM: u32 = 512;
+/// The connection window never goes below HTTP/2's usual 1 MiB.
+const MIN_CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+fn connection_window(max_concurrent_streams: u32) -> u32 {
+    max_concurrent_streams
+        .saturating_mul(WINDOW_BYTES_PER_STREAM)
+        .max(MIN_CONNECTION_WINDOW)
+}
+
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -119,6 +137,7 @@ pub async fn run(
     // layer would also throttle health checks and reflection.
     let server = Server::builder()
         .max_concurrent_streams(config.max_concurrent_streams)
+        .initial_connection_window_size(connection_window(config.max_concurrent_streams))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .add_service(health_service)
         .add_service(reflection_v1)
