@@ -1,4 +1,4 @@
-//! The configuration file: its structure, defaults and validation.
+//! The configuration file: its structure and defaults.
 //!
 //! A [`Config`] is read once at start-up, from a TOML file or from the
 //! embedded default ([`DEFAULT_CONFIG_TOML`]), then checked once by
@@ -6,18 +6,24 @@
 //! where the TOML parser gives it), so that a bad file is refused with one
 //! clear line instead of failing later under load.
 
-use std::collections::{BTreeMap, HashSet};
-use std::fmt;
+mod error;
+mod validate;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use error::ConfigError;
+use error::{line_of_model_key, parse_error};
+pub(crate) use validate::validate_model_name;
+
 /// The configuration used when `serve` is given no `--config`: simulated
 /// models that replay the original two-task story, and a fast one for load
 /// tests.
-pub const DEFAULT_CONFIG_TOML: &str = include_str!("default.toml");
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../default.toml");
 
 /// Default gRPC listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -303,35 +309,6 @@ fn default_max_tokens() -> u32 {
     DEFAULT_MAX_TOKENS
 }
 
-/// A configuration that cannot be used, with the key (and line) at fault.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Where the configuration came from: a file path or "embedded default".
-    pub source: String,
-    /// The line, when the parser knows it (1-based).
-    pub line: Option<usize>,
-    /// The key at fault, as a path such as `models[1].workers`, when known.
-    pub key: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.source)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        write!(f, ": ")?;
-        if let Some(key) = &self.key {
-            write!(f, "{key}: ")?;
-        }
-        write!(f, "{}", self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 impl Config {
     /// Reads and validates a configuration file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -368,242 +345,10 @@ impl Config {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
-    /// Checks what the types cannot: ranges, uniqueness, matching sections.
-    /// Returns the key at fault and what is wrong with it.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        if self.server.max_message_bytes < 1024 {
-            return Err((
-                "server.max_message_bytes".into(),
-                "must be at least 1024".into(),
-            ));
-        }
-        if self.server.max_concurrent_streams == 0 {
-            return Err((
-                "server.max_concurrent_streams".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if self.models.is_empty() {
-            return Err((
-                "models".into(),
-                "at least one [[models]] entry is required".into(),
-            ));
-        }
-        let mut names = HashSet::new();
-        for (i, model) in self.models.iter().enumerate() {
-            let key = |field: &str| format!("models[{i}].{field}");
-            validate_model_name(&model.name).map_err(|m| (key("name"), m))?;
-            if !names.insert(model.name.as_str()) {
-                return Err((
-                    key("name"),
-                    format!("duplicate model name \"{}\"", model.name),
-                ));
-            }
-            if model.workers == 0 || model.workers > MAX_WORKERS {
-                return Err((
-                    key("workers"),
-                    format!("must be between 1 and {MAX_WORKERS}, got {}", model.workers),
-                ));
-            }
-            if model.queue_capacity > MAX_QUEUE_CAPACITY {
-                return Err((
-                    key("queue_capacity"),
-                    format!(
-                        "must be at most {MAX_QUEUE_CAPACITY}, got {}",
-                        model.queue_capacity
-                    ),
-                ));
-            }
-            if model.timeout_ms == 0 {
-                return Err((key("timeout_ms"), "must be at least 1".into()));
-            }
-            if model.max_tokens == 0 {
-                return Err((key("max_tokens"), "must be at least 1".into()));
-            }
-            validate_backend_section(model).map_err(|(field, m)| (key(field), m))?;
-        }
-        Ok(())
-    }
-
     /// The configuration of the named model.
     pub fn model(&self, name: &str) -> Option<&ModelConfig> {
         self.models.iter().find(|m| m.name == name)
     }
-}
-
-/// Checks that a model has the settings table of its backend, and no other.
-fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, String)> {
-    let sections = [
-        (
-            BackendKind::Simulated,
-            "simulated",
-            model.simulated.is_some(),
-        ),
-        (BackendKind::Process, "process", model.process.is_some()),
-        (BackendKind::Openai, "openai", model.openai.is_some()),
-    ];
-    for (kind, table, present) in sections {
-        if present && kind != model.backend {
-            return Err((
-                table,
-                format!(
-                    "is set but backend is \"{}\", not \"{}\"",
-                    model.backend.as_str(),
-                    kind.as_str()
-                ),
-            ));
-        }
-    }
-    match model.backend {
-        BackendKind::Simulated => {
-            if model.simulated.as_ref().and_then(|s| s.output_tokens) == Some(0) {
-                return Err(("simulated.output_tokens", "must be at least 1".into()));
-            }
-        }
-        BackendKind::Process => {
-            let Some(process) = &model.process else {
-                return Err((
-                    "process",
-                    "backend \"process\" needs a [models.process] table with `command`".into(),
-                ));
-            };
-            if process
-                .command
-                .first()
-                .is_none_or(|program| program.is_empty())
-            {
-                return Err((
-                    "process.command",
-                    "must name a program, e.g. [\"python3\", \"worker.py\"]".into(),
-                ));
-            }
-        }
-        BackendKind::Openai => {
-            let Some(openai) = &model.openai else {
-                return Err((
-                    "openai",
-                    "backend \"openai\" needs a [models.openai] table with `base_url`".into(),
-                ));
-            };
-            if !(openai.base_url.starts_with("http://") || openai.base_url.starts_with("https://"))
-            {
-                return Err((
-                    "openai.base_url",
-                    format!("\"{}\" is not an http:// or https:// URL", openai.base_url),
-                ));
-            }
-            if let Some(var) = &openai.api_key_env {
-                if var.is_empty() {
-                    return Err((
-                        "openai.api_key_env",
-                        "must name an environment variable".into(),
-                    ));
-                }
-                if std::env::var_os(var).is_none() {
-                    return Err((
-                        "openai.api_key_env",
-                        format!("the environment variable {var} is not set"),
-                    ));
-                }
-            }
-            if openai.connect_timeout_ms == 0 || openai.read_timeout_ms == 0 {
-                return Err(("openai", "timeouts must be at least 1 ms".into()));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Model names appear in metrics labels, health service names and logs, so
-/// they are kept to a safe character set.
-pub(crate) fn validate_model_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if name.len() > 128 {
-        return Err("must be at most 128 bytes".into());
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/')))
-    {
-        return Err(format!(
-            "\"{name}\" has the character {c:?}; use letters, digits and - _ . : /"
-        ));
-    }
-    Ok(())
-}
-
-/// Turns a TOML error into a ConfigError with its line, and the key of that
-/// line when the parser's message does not name one.
-fn parse_error(error: toml::de::Error, text: &str, source: &str) -> ConfigError {
-    let line = error
-        .span()
-        .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-    let key = line.and_then(|l| {
-        let (key, _) = text.lines().nth(l - 1)?.split_once('=')?;
-        Some(match table_at_line(text, l) {
-            Some(table) => format!("{table}.{}", key.trim()),
-            None => key.trim().to_string(),
-        })
-    });
-    ConfigError {
-        source: source.to_string(),
-        line,
-        key,
-        message: error.message().trim().to_string(),
-    }
-}
-
-/// The table a line belongs to, as a key path: `server`, `models[1]`,
-/// `models[1].simulated`.
-fn table_at_line(text: &str, line: usize) -> Option<String> {
-    let mut table = None;
-    let mut models = 0usize;
-    for l in text.lines().take(line) {
-        let l = l.trim();
-        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
-            let name = name.trim();
-            if name == "models" {
-                models += 1;
-                table = Some(format!("models[{}]", models - 1));
-            } else {
-                table = Some(name.to_string());
-            }
-        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            let name = name.trim();
-            table = Some(match name.strip_prefix("models.") {
-                Some(sub) if models > 0 => format!("models[{}].{sub}", models - 1),
-                _ => name.to_string(),
-            });
-        }
-    }
-    table
-}
-
-/// Finds the line of `models[i].field` in the text, counting `[[models]]`
-/// headers, so validation errors point at a line too.
-fn line_of_model_key(text: &str, key: &str) -> Option<usize> {
-    let rest = key.strip_prefix("models[")?;
-    let (index, field) = rest.split_once("].")?;
-    let index: usize = index.parse().ok()?;
-    let field = field.rsplit('.').next()?;
-    let mut seen = None;
-    for (n, line) in text.lines().enumerate() {
-        let trimmed = line.trim();
-        if trimmed.starts_with("[[models]]") {
-            seen = Some(seen.map_or(0, |s: usize| s + 1));
-        } else if seen == Some(index)
-            && trimmed
-                .split_once('=')
-                .is_some_and(|(k, _)| k.trim() == field)
-        {
-            return Some(n + 1);
-        } else if seen.is_some_and(|s| s > index) {
-            break;
-        }
-    }
-    None
 }
 
 #[cfg(test)]
