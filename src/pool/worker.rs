@@ -179,32 +179,25 @@ fn run_job(index: usize, shared: &Shared, slot: &mut Slot, job: Job) {
     shared.calls.fetch_add(1, Ordering::Relaxed);
     shared.metrics.queue_wait(picked - admitted);
     shared.running.begin(index, &cancel);
-    let (ended, text) = match &reply {
-        Reply::Whole(_) => {
-            let mut sink = Collect(String::new());
-            let ended = call(
-                backend.as_mut(),
-                &params,
-                &cancel,
-                deadline,
-                &mut sink,
-                false,
-            );
-            (ended, sink.0)
-        }
+    // Generate collects the text; GenerateStream forwards each piece.
+    let mut collected = Collect(String::new());
+    let mut forward;
+    let (sink, streaming): (&mut dyn TokenSink, bool) = match &reply {
+        Reply::Whole(_) => (&mut collected, false),
         Reply::Stream(tx) => {
-            let mut sink = Forward(tx);
-            let ended = call(
-                backend.as_mut(),
-                &params,
-                &cancel,
-                deadline,
-                &mut sink,
-                true,
-            );
-            (ended, String::new())
+            forward = Forward(tx);
+            (&mut forward, true)
         }
     };
+    let ended = call(
+        backend.as_mut(),
+        &params,
+        &cancel,
+        deadline,
+        sink,
+        streaming,
+    );
+    let text = collected.0;
     let backend_time = shared.running.end(index);
     shared.metrics.backend_call(backend_time);
 
