@@ -37,6 +37,9 @@ const CONNECTION_CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// How long calls cut off at the end of the grace get to send their error.
 const ABORT_WAIT: Duration = Duration::from_secs(1);
 
+/// How often models' health is brought in step with their pools.
+const HEALTH_POLL: Duration = Duration::from_secs(1);
+
 /// HTTP/2 pings keep idle client connections from being dropped by
 /// middleboxes, and find dead peers.
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -146,10 +149,12 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
     tokio::pin!(server);
 
+    let watch_health = tokio::spawn(watch_models(health.clone(), gateway.clone(), stop.clone()));
     tokio::select! {
         result = &mut server => return result.map_err(ServeError::from),
         () = shutdown => {}
     }
+    watch_health.abort();
 
     tracing::info!(
         in_flight = gateway.in_flight(),
@@ -188,6 +193,37 @@ pub async fn run(
         Err(_) => {
             tracing::debug!("connections still open after the drain (e.g. health Watch); closing");
             Ok(())
+        }
+    }
+}
+
+/// Keeps each model's health in step with its pool: NOT_SERVING while no
+/// worker has a backend up (e.g. its worker processes keep failing to
+/// start), SERVING again once one has. The overall status stays SERVING:
+/// the server itself is up.
+async fn watch_models(health: HealthReporter, gateway: Arc<Gateway>, stop: CancellationToken) {
+    let mut serving: Vec<bool> = vec![true; gateway.models().len()];
+    let mut tick = tokio::time::interval(HEALTH_POLL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        if gateway.is_shutting_down() {
+            return;
+        }
+        for (model, was) in gateway.models().iter().zip(serving.iter_mut()) {
+            let now = model.stats().ready > 0;
+            if now != *was {
+                *was = now;
+                let status = if now {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                tracing::warn!(model = %model.config.name, serving = now, "model health changed");
+                health.set_service_status(&model.config.name, status).await;
+            }
         }
     }
 }

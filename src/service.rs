@@ -99,6 +99,7 @@ impl Inference for InferenceService {
                     max_tokens: model.config.max_tokens,
                     timeout_ms: model.config.timeout_ms,
                     backend_calls: stats.backend_calls,
+                    ready_workers: saturate(stats.ready),
                 }
             })
             .collect();

@@ -141,4 +141,6 @@ async fn list_models_reports_configuration_and_load() {
     assert_eq!(models[0].backend, "simulated");
     assert_eq!((models[0].workers, models[0].queue_capacity), (3, 7));
     assert_eq!((models[0].busy_workers, models[0].queued), (0, 0));
+    // Every worker has its backend up (they start on their own threads).
+    server.wait_for("alpha", |m| m.ready_workers == 3).await;
 }

@@ -10,6 +10,9 @@ use common::{TestServer, generate_text, metric, python_probe, request, with_time
 use infergate::proto;
 use tokio_stream::StreamExt;
 use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sleeping_python_workers_overlap() {

@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) calls: AtomicU64,
     /// Tickets alive: calls admitted and not yet finished.
     pub(crate) inflight: AtomicUsize,
+    /// Workers that have a backend ready (started, not broken).
+    pub(crate) ready: AtomicUsize,
     /// Set by `abort`: calls cut off now get UNAVAILABLE, not silence.
     pub(crate) aborted: AtomicBool,
     /// The model's metric handles.
@@ -69,6 +71,9 @@ pub struct PoolStats {
     pub inflight: usize,
     /// Worker-seconds spent in backend calls, running ones included.
     pub busy_seconds: f64,
+    /// Workers with a backend ready; 0 means the model cannot serve (e.g.
+    /// its worker processes fail to start).
+    pub ready: usize,
 }
 
 impl WorkerPool {
@@ -88,6 +93,7 @@ impl WorkerPool {
             running: Running::new(workers),
             calls: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
+            ready: AtomicUsize::new(0),
             aborted: AtomicBool::new(false),
             metrics: Arc::new(ModelMetrics::new(model)),
         });
@@ -166,6 +172,7 @@ impl WorkerPool {
             backend_calls: self.shared.calls.load(Ordering::Relaxed),
             inflight: self.shared.inflight.load(Ordering::Relaxed),
             busy_seconds: self.shared.running.busy_seconds(),
+            ready: self.shared.ready.load(Ordering::Relaxed),
         }
     }
 

@@ -59,6 +59,7 @@ impl Slot {
         match shared.factory.create(index) {
             Ok(backend) => {
                 self.backend = Some(backend);
+                shared.ready.fetch_add(1, Ordering::Relaxed);
                 self.last_error = None;
             }
             Err(error) => {
@@ -81,7 +82,9 @@ impl Slot {
 
     /// Drops a broken backend; the next start waits out the back-off.
     fn retire(&mut self, index: usize, shared: &Shared, reason: &'static str) {
-        self.backend = None;
+        if self.backend.take().is_some() {
+            shared.ready.fetch_sub(1, Ordering::Relaxed);
+        }
         shared.metrics.worker_restarted(reason);
         self.failed();
         tracing::warn!(model = %shared.model, worker = index, reason, "replacing the backend");
@@ -133,6 +136,9 @@ pub(crate) fn run(index: usize, shared: Arc<Shared>) {
         if slot.backend.is_none() && Instant::now() >= slot.next_start {
             slot.start(index, &shared);
         }
+    }
+    if slot.backend.take().is_some() {
+        shared.ready.fetch_sub(1, Ordering::Relaxed);
     }
     tracing::debug!(model = %shared.model, worker = index, "worker stopped");
 }
