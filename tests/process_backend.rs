@@ -253,4 +253,25 @@ async fn a_worker_that_cannot_start_is_unavailable_naming_the_command() {
         "{}",
         status.message()
     );
+    assert_eq!(server.model_info("nowhere").await.ready_workers, 0);
+
+    // Health says so (it follows the pools about once a second).
+    let mut health = HealthClient::new(server.channel().await);
+    let check = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = health.check(check("nowhere")).await.expect("check");
+        if status.into_inner().status == ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "the model never turned NOT_SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let overall = health.check(check("")).await.expect("check").into_inner();
+    assert_eq!(overall.status, ServingStatus::Serving as i32);
 }
