@@ -232,20 +232,30 @@ impl Gateway {
         request: proto::GenerateRequest,
         client_timeout: Option<Duration>,
     ) -> Result<Finished, Error> {
-        let mut record = self.record(&request.model, Method::Generate);
-        let result = self.run_generate(request, client_timeout, &record).await;
+        let model = self.lookup(&request.model);
+        let mut record = self.record(model, Method::Generate);
+        let result = self
+            .run_generate(model, request, client_timeout, &record)
+            .await;
         record.finish(result.as_ref().err());
         result
     }
 
     async fn run_generate(
         &self,
+        model: Option<&Model>,
         request: proto::GenerateRequest,
         client_timeout: Option<Duration>,
         record: &CallRecord,
     ) -> Result<Finished, Error> {
         let (tx, rx) = oneshot::channel();
-        let mut call = self.admit(request, client_timeout, record.received(), Reply::Whole(tx))?;
+        let mut call = self.admit(
+            model,
+            request,
+            client_timeout,
+            record.received(),
+            Reply::Whole(tx),
+        )?;
         let model = || call.model.config.name.clone();
         let outcome = match tokio::time::timeout_at(call.deadline.into(), rx).await {
             Ok(reply) => {
@@ -269,9 +279,11 @@ impl Gateway {
         request: proto::GenerateRequest,
         client_timeout: Option<Duration>,
     ) -> Result<GenerationStream, Error> {
-        let mut record = self.record(&request.model, Method::GenerateStream);
+        let model = self.lookup(&request.model);
+        let mut record = self.record(model, Method::GenerateStream);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let call = match self.admit(
+            model,
             request,
             client_timeout,
             record.received(),
@@ -294,26 +306,30 @@ impl Gateway {
         ))
     }
 
-    /// The record of a call to `model`, from now.
-    fn record(&self, model: &str, method: Method) -> CallRecord {
-        let metrics = match self.by_name.get(model) {
-            Some(&i) => self.models[i].pool.metrics().clone(),
-            None => self.unknown.clone(),
-        };
-        CallRecord::new(metrics, method, Instant::now())
+    /// The served model of that name: looked up once per call, for both its
+    /// record and its admission.
+    fn lookup(&self, name: &str) -> Option<&Model> {
+        self.by_name.get(name).map(|&i| &self.models[i])
+    }
+
+    /// The record of a call to `model` (or to no served model), from now.
+    fn record(&self, model: Option<&Model>, method: Method) -> CallRecord {
+        let metrics = model.map_or(&self.unknown, |m| m.pool.metrics());
+        CallRecord::new(metrics.clone(), method, Instant::now())
     }
 
     /// Everything a call goes through before it waits: shutdown check,
     /// model lookup, validation, deadline, admission to the queue.
-    fn admit(
-        &self,
+    fn admit<'a>(
+        &'a self,
+        model: Option<&'a Model>,
         request: proto::GenerateRequest,
         client_timeout: Option<Duration>,
         received: Instant,
         reply: Reply,
-    ) -> Result<Admitted<'_>, Error> {
+    ) -> Result<Admitted<'a>, Error> {
         let token = self.enter()?;
-        let model = self.model(&request.model)?;
+        let model = model.ok_or_else(|| self.not_found(&request.model))?;
         let params = request::params(request, &model.config)?;
         let (deadline, timeout_ms) = model.deadline(received, client_timeout);
         let ticket = model.pool.submit(params, deadline, timeout_ms, reply)?;
@@ -334,20 +350,18 @@ impl Gateway {
         Ok(self.tracker.token())
     }
 
-    fn model(&self, name: &str) -> Result<&Model, Error> {
+    /// The error for a name that is no served model.
+    fn not_found(&self, name: &str) -> Error {
         if name.is_empty() {
-            return Err(Error::invalid(
+            return Error::invalid(
                 "model",
                 format!("required; this gateway serves: {}", self.known),
-            ));
+            );
         }
-        self.by_name
-            .get(name)
-            .map(|&i| &self.models[i])
-            .ok_or_else(|| Error::ModelNotFound {
-                model: name.to_string(),
-                known: self.known.clone(),
-            })
+        Error::ModelNotFound {
+            model: name.to_string(),
+            known: self.known.clone(),
+        }
     }
 
     /// Whether shutdown has begun.

@@ -69,11 +69,6 @@ impl GenerationStream {
         }
     }
 
-    /// The model serving this call.
-    pub fn model(&self) -> &str {
-        &self.model
-    }
-
     fn end(&mut self, item: Result<StreamItem, Error>) -> Poll<Option<Result<StreamItem, Error>>> {
         self.done = true;
         self.ticket.settle();

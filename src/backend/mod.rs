@@ -249,12 +249,6 @@ impl<'a> CallContext<'a> {
         self.deadline
     }
 
-    /// The cancellation signal, for backends that watch it from another
-    /// thread (e.g. to kill a child process).
-    pub fn cancel_signal(&self) -> &CancelSignal {
-        self.cancel
-    }
-
     /// When the first piece of text was emitted, if any.
     pub fn first_token_at(&self) -> Option<Instant> {
         self.first_token

@@ -344,11 +344,6 @@ impl Config {
         // Serialising plain structs of strings and numbers cannot fail.
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
-
-    /// The configuration of the named model.
-    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
-        self.models.iter().find(|m| m.name == name)
-    }
 }
 
 #[cfg(test)]

@@ -148,11 +148,6 @@ impl ModelMetrics {
         }
     }
 
-    /// The model label.
-    pub fn model(&self) -> &str {
-        &self.model
-    }
-
     /// An RPC finished with `code` after `elapsed`.
     pub fn request_finished(&self, method: Method, code: Code, elapsed: Duration) {
         self.request_duration[method.index()].record(elapsed.as_secs_f64());

@@ -111,11 +111,6 @@ impl WorkerPool {
         Ok(WorkerPool { shared })
     }
 
-    /// The model this pool serves.
-    pub fn model(&self) -> &str {
-        &self.shared.model
-    }
-
     /// The model's metric handles.
     pub fn metrics(&self) -> &Arc<ModelMetrics> {
         &self.shared.metrics
