@@ -143,7 +143,7 @@ impl WorkerPool {
         match self.shared.queue.push(job) {
             Ok(id) => Ok(Ticket {
                 id,
-                inflight: InflightGuard::new(&self.shared),
+                _inflight: InflightGuard::new(&self.shared),
                 shared: self.shared.clone(),
                 cancel,
                 settled: false,
@@ -206,8 +206,7 @@ impl Drop for WorkerPool {
 pub(crate) struct Ticket {
     id: u64,
     /// Counts the call in `inflight` for as long as the ticket lives.
-    #[allow(dead_code)] // held for its Drop
-    inflight: InflightGuard,
+    _inflight: InflightGuard,
     shared: Arc<Shared>,
     cancel: CancelSignal,
     /// The result arrived: there is nothing left to cancel.
