@@ -17,6 +17,8 @@ use crate::metrics::{Method, ModelMetrics};
 /// The record of one RPC.
 pub(crate) struct CallRecord {
     metrics: Arc<ModelMetrics>,
+    /// The handler's span (model, request id), for the closing log line.
+    span: tracing::Span,
     method: Method,
     received: Instant,
     finished: bool,
@@ -26,6 +28,7 @@ impl CallRecord {
     pub(crate) fn new(metrics: Arc<ModelMetrics>, method: Method, received: Instant) -> Self {
         CallRecord {
             metrics,
+            span: tracing::Span::current(),
             method,
             received,
             finished: false,
@@ -56,8 +59,19 @@ impl CallRecord {
                 error.code()
             }
         };
-        self.metrics
-            .request_finished(self.method, code, self.received.elapsed());
+        self.close(code);
+    }
+
+    fn close(&self, code: Code) {
+        let elapsed = self.received.elapsed();
+        self.metrics.request_finished(self.method, code, elapsed);
+        let _entered = self.span.enter();
+        tracing::debug!(
+            method = self.method.as_str(),
+            code = crate::metrics::code_name(code),
+            elapsed_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            "call finished"
+        );
     }
 }
 
@@ -65,8 +79,7 @@ impl Drop for CallRecord {
     fn drop(&mut self) {
         if !self.finished {
             self.finished = true;
-            self.metrics
-                .request_finished(self.method, Code::Cancelled, self.received.elapsed());
+            self.close(Code::Cancelled);
         }
     }
 }

@@ -3,12 +3,16 @@
 //! No logic lives here beyond the conversions; admission, validation,
 //! deadlines and errors are the gateway's.
 
+use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_stream::{Stream, StreamExt};
+use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::backend::FinishReason;
 use crate::gateway::{Finished, Gateway};
@@ -35,34 +39,48 @@ type ResponseStream =
 
 #[tonic::async_trait]
 impl Inference for InferenceService {
-    #[tracing::instrument(level = "debug", skip_all, fields(model = %request.get_ref().model))]
     async fn generate(
         &self,
         request: Request<proto::GenerateRequest>,
     ) -> Result<Response<proto::GenerateResponse>, Status> {
-        let timeout = grpc_timeout(request.metadata());
-        let model = request.get_ref().model.clone();
-        let mut finished = self.gateway.generate(request.into_inner(), timeout).await?;
-        Ok(Response::new(proto::GenerateResponse {
-            text: std::mem::take(&mut finished.outcome.text),
-            finish_reason: finish_reason(finished.outcome.completion.finish_reason).into(),
-            usage: Some(usage(&finished)),
-            timing: Some(timing(&finished)),
-            model,
-        }))
+        let id = RequestId::of(request.metadata());
+        let span =
+            tracing::debug_span!("generate", model = %request.get_ref().model, request_id = %id);
+        async {
+            let timeout = grpc_timeout(request.metadata());
+            let model = request.get_ref().model.clone();
+            let mut finished = self
+                .gateway
+                .generate(request.into_inner(), timeout)
+                .await
+                .map_err(|e| id.tag_status(e.into()))?;
+            let response = Response::new(proto::GenerateResponse {
+                text: std::mem::take(&mut finished.outcome.text),
+                finish_reason: finish_reason(finished.outcome.completion.finish_reason).into(),
+                usage: Some(usage(&finished)),
+                timing: Some(timing(&finished)),
+                model,
+            });
+            Ok(id.tag_response(response))
+        }
+        .instrument(span)
+        .await
     }
 
     type GenerateStreamStream = ResponseStream;
 
-    #[tracing::instrument(level = "debug", skip_all, fields(model = %request.get_ref().model))]
     async fn generate_stream(
         &self,
         request: Request<proto::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        let id = RequestId::of(request.metadata());
+        let span = tracing::debug_span!("generate_stream", model = %request.get_ref().model, request_id = %id);
+        let _entered = span.enter();
         let timeout = grpc_timeout(request.metadata());
         let stream = self
             .gateway
-            .generate_stream(request.into_inner(), timeout)?;
+            .generate_stream(request.into_inner(), timeout)
+            .map_err(|e| id.tag_status(e.into()))?;
         let stream = stream.map(|item| match item {
             Ok(StreamItem::Text(text)) => Ok(proto::GenerateStreamResponse {
                 text,
@@ -76,7 +94,7 @@ impl Inference for InferenceService {
             }),
             Err(error) => Err(Status::from(error)),
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(id.tag_response(Response::new(Box::pin(stream))))
     }
 
     async fn list_models(
@@ -104,6 +122,58 @@ impl Inference for InferenceService {
             })
             .collect();
         Ok(Response::new(proto::ListModelsResponse { models }))
+    }
+}
+
+/// A call's id: the client's `x-request-id`, or one made here. It is in
+/// every log line of the call (worker and backend included) and echoed in
+/// the response (or error) metadata, so a client can quote it.
+struct RequestId(MetadataValue<Ascii>);
+
+/// The metadata key of the request id.
+const REQUEST_ID: &str = "x-request-id";
+/// Longest client-chosen id kept; a longer one is replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+impl RequestId {
+    fn of(metadata: &MetadataMap) -> Self {
+        let given = metadata
+            .get(REQUEST_ID)
+            .filter(|v| !v.is_empty() && v.len() <= MAX_REQUEST_ID_LEN)
+            .cloned();
+        RequestId(given.unwrap_or_else(Self::make))
+    }
+
+    /// A process-unique id: a per-process prefix and a counter.
+    fn make() -> MetadataValue<Ascii> {
+        static PREFIX: OnceLock<u32> = OnceLock::new();
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let prefix = PREFIX.get_or_init(|| {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            std::process::id().rotate_left(16) ^ nanos
+        });
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // Hex digits and a dash are always valid ASCII metadata.
+        MetadataValue::try_from(format!("{prefix:08x}-{n:x}"))
+            .unwrap_or_else(|_| MetadataValue::from_static("unknown"))
+    }
+
+    fn tag_response<T>(&self, mut response: Response<T>) -> Response<T> {
+        response.metadata_mut().insert(REQUEST_ID, self.0.clone());
+        response
+    }
+
+    fn tag_status(&self, mut status: Status) -> Status {
+        status.metadata_mut().insert(REQUEST_ID, self.0.clone());
+        status
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.to_str().unwrap_or("?"))
     }
 }
 

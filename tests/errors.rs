@@ -144,3 +144,54 @@ async fn list_models_reports_configuration_and_load() {
     // Every worker has its backend up (they start on their own threads).
     server.wait_for("alpha", |m| m.ready_workers == 3).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_the_request_id() {
+    let server = TestServer::start(&simulated("m-id", 0, 1, 1)).await;
+    let mut client = server.client().await;
+
+    let mut given = tonic::Request::new(request("m-id", "hi"));
+    given
+        .metadata_mut()
+        .insert("x-request-id", "trace-42".parse().expect("ascii"));
+    let response = client.generate(given).await.expect("generate");
+    assert_eq!(
+        response.metadata().get("x-request-id").expect("echoed"),
+        "trace-42"
+    );
+
+    // Without one, the gateway makes one up, different per call.
+    let first = client
+        .generate(request("m-id", "hi"))
+        .await
+        .expect("generate");
+    let second = client
+        .generate(request("m-id", "hi"))
+        .await
+        .expect("generate");
+    let id = |r: &tonic::Response<proto::GenerateResponse>| {
+        r.metadata()
+            .get("x-request-id")
+            .expect("made up")
+            .to_str()
+            .expect("ascii")
+            .to_string()
+    };
+    assert!(!id(&first).is_empty());
+    assert_ne!(id(&first), id(&second));
+
+    // Errors carry it too, and so do streams.
+    let mut bad = tonic::Request::new(request("nope", "hi"));
+    bad.metadata_mut()
+        .insert("x-request-id", "trace-43".parse().expect("ascii"));
+    let status = client.generate(bad).await.expect_err("unknown model");
+    assert_eq!(
+        status.metadata().get("x-request-id").expect("on the error"),
+        "trace-43"
+    );
+    let stream = client
+        .generate_stream(request("m-id", "hi"))
+        .await
+        .expect("stream");
+    assert!(stream.metadata().get("x-request-id").is_some());
+}
