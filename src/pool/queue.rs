@@ -41,9 +41,13 @@ struct State<T> {
     next_id: u64,
     /// Slots that hold a job.
     live: usize,
-    /// Workers blocked in `pop`: a push with nobody waiting and a capacity of
-    /// zero must be refused, since no worker will take it.
+    /// Workers in `pop` with no job (yielding or asleep): a job one of them
+    /// is about to take does not wait, so it does not count against the
+    /// capacity (and with a capacity of 0, only such a job is admitted).
     idle_workers: usize,
+    /// Those of them asleep on the condition variable: the only ones a push
+    /// must wake (a notify is a syscall even with nobody waiting).
+    sleeping_workers: usize,
     closed: bool,
 }
 
@@ -57,6 +61,7 @@ impl<T> JobQueue<T> {
                 next_id: 0,
                 live: 0,
                 idle_workers: 0,
+                sleeping_workers: 0,
                 closed: false,
             }),
             ready: Condvar::new(),
@@ -87,9 +92,8 @@ impl<T> JobQueue<T> {
         state.slots.push_back((id, Some(job)));
         state.live += 1;
         self.len.store(state.live, Ordering::Relaxed);
-        // A notify is a futex syscall even with nobody waiting: skip it when
-        // every worker is busy (they take the job when they come back).
-        let wake = state.idle_workers > 0;
+        // Yielding and busy workers find the job themselves.
+        let wake = state.sleeping_workers > 0;
         drop(state);
         if wake {
             self.ready.notify_one();
@@ -126,6 +130,9 @@ impl<T> JobQueue<T> {
             if state.closed {
                 return None;
             }
+            // Idle from here until a job is taken: admission counts this
+            // worker whether it is yielding or asleep.
+            state.idle_workers += 1;
             drop(state);
             for _ in 0..POP_YIELDS {
                 std::thread::yield_now();
@@ -134,14 +141,14 @@ impl<T> JobQueue<T> {
                 }
             }
             state = self.lock();
-            if state.live > 0 || state.closed {
-                continue;
+            if state.live == 0 && !state.closed {
+                state.sleeping_workers += 1;
+                state = self
+                    .ready
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+                state.sleeping_workers -= 1;
             }
-            state.idle_workers += 1;
-            state = self
-                .ready
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
             state.idle_workers -= 1;
         }
     }
@@ -188,6 +195,16 @@ mod tests {
         queue.push(3).unwrap();
         assert_eq!(queue.pop(), Some(2));
         assert_eq!(queue.pop(), Some(3));
+    }
+
+    #[test]
+    fn an_idle_worker_takes_one_job_beyond_the_capacity() {
+        let queue = JobQueue::new(1);
+        // A worker in pop with no job, yielding or asleep.
+        queue.lock().idle_workers = 1;
+        queue.push(1).unwrap();
+        queue.push(2).unwrap();
+        assert_eq!(queue.push(3).unwrap_err().1, Refusal::Full);
     }
 
     #[test]
