@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Event, TestServer, metric, next_event, probe_server, request, simulated, spawn_generate,
-    with_timeout,
+    Event, TestServer, generate_text, metric, next_event, one_running_one_queued, probe_server,
+    request, simulated, spawn_generate, with_timeout,
 };
 use infergate::config::ServerConfig;
 use infergate::proto;
@@ -101,13 +101,8 @@ async fn live_gauges_follow_the_pool_and_refusals_are_counted() {
     server.start_metrics().await;
 
     let client = server.client().await;
-    let running = spawn_generate(&client, "probe", "hold 30000");
-    assert_eq!(
-        next_event(&mut events).await,
-        Event::Started("hold 30000".into())
-    );
-    let queued = spawn_generate(&client, "probe", "waits");
-    server.wait_for("probe", |m| m.queued == 1).await;
+    let (running, queued) =
+        one_running_one_queued(&server, &client, &mut events, "hold 30000", "waits").await;
 
     let status = client
         .clone()
@@ -342,14 +337,22 @@ async fn the_dashboard_is_importable_and_queries_only_exported_metrics() {
     assert_eq!(variable("model")["type"], "query");
     assert_eq!(variable("model")["allValue"], ".*");
 
-    let server = TestServer::start_with_metrics(&simulated("m-dash", 0, 1, 1)).await;
-    // Make the outcome-labelled series exist, then read every exported name.
-    server
-        .client()
+    let server = TestServer::start_with_metrics(&simulated("m-dash", 200, 1, 1)).await;
+    // Make the outcome-labelled series exist (a success, a rejection, a
+    // cancellation), then read every exported name.
+    let client = server.client().await;
+    generate_text(&client, "m-dash", "x").await.expect("call");
+    generate_text(&client, "m-dash", "")
         .await
-        .generate(request("m-dash", "x"))
-        .await
-        .expect("call");
+        .expect_err("rejected");
+    let leaver = spawn_generate(&client, "m-dash", "leaves");
+    server.wait_for("m-dash", |m| m.busy_workers == 1).await;
+    leaver.abort();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while !server.scrape().await.contains("infergate_cancelled_total{") {
+        assert!(Instant::now() < give_up, "no cancellation counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let scrape = server.scrape().await;
     let exported: std::collections::HashSet<&str> = scrape
         .lines()
@@ -375,9 +378,7 @@ async fn the_dashboard_is_importable_and_queries_only_exported_metrics() {
                     .find_map(|suffix| name.strip_suffix(suffix).filter(|f| exported.contains(f)))
                     .unwrap_or(name);
                 assert!(
-                    exported.contains(family)
-                        || name == "infergate_rejected_total"
-                        || name == "infergate_cancelled_total",
+                    exported.contains(family),
                     "panel {} queries {name}, which is not exported",
                     panel["title"]
                 );

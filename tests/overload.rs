@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Event, TestServer, next_event, probe_server, request, simulated, spawn_generate, with_timeout,
+    Event, TestServer, next_event, one_running_one_queued, probe_server, request, simulated,
+    spawn_generate, with_timeout,
 };
 use infergate::config::{BackendKind, ModelConfig, ServerConfig};
 use infergate::gateway::Gateway;
@@ -17,13 +18,8 @@ async fn a_full_queue_refuses_at_once() {
     let (server, _factory, mut events) = probe_server(1, 1, ServerConfig::default()).await;
     let client = server.client().await;
 
-    let running = spawn_generate(&client, "probe", "hold 5000");
-    assert_eq!(
-        next_event(&mut events).await,
-        Event::Started("hold 5000".into())
-    );
-    let queued = spawn_generate(&client, "probe", "hold 5000");
-    server.wait_for("probe", |m| m.queued == 1).await;
+    let (running, queued) =
+        one_running_one_queued(&server, &client, &mut events, "hold 5000", "hold 5000").await;
 
     let start = Instant::now();
     let status = client
@@ -140,13 +136,8 @@ async fn a_client_that_leaves_cancels_its_call() {
     let client = server.client().await;
 
     // A runs; B waits behind it.
-    let running = spawn_generate(&client, "probe", "hold 30000");
-    assert_eq!(
-        next_event(&mut events).await,
-        Event::Started("hold 30000".into())
-    );
-    let queued = spawn_generate(&client, "probe", "never runs");
-    server.wait_for("probe", |m| m.queued == 1).await;
+    let (running, queued) =
+        one_running_one_queued(&server, &client, &mut events, "hold 30000", "never runs").await;
 
     // B's client goes away: B leaves the queue without running.
     queued.abort();

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{Event, next_event, probe_server, request, spawn_generate};
 use infergate::config::ServerConfig;
+use tokio_stream::StreamExt;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +56,21 @@ async fn calls_left_when_the_grace_runs_out_are_cut_off() {
         Event::Started("hold 30000".into())
     );
     let queued = spawn_generate(&client, "probe", "queued");
-    server.wait_for("probe", |m| m.queued == 1).await;
+    // A streaming call waits too: it is cut off the same way.
+    let streaming = tokio::spawn({
+        let mut client = client.clone();
+        async move {
+            let mut stream = client
+                .generate_stream(request("probe", "queued stream"))
+                .await?
+                .into_inner();
+            match stream.next().await {
+                Some(item) => item.map(|_| ()),
+                None => Ok(()),
+            }
+        }
+    });
+    server.wait_for("probe", |m| m.queued == 2).await;
 
     let start = Instant::now();
     server
@@ -72,6 +87,8 @@ async fn calls_left_when_the_grace_runs_out_are_cut_off() {
         let status = task.await.expect("task").expect_err("cut off");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
+    let status = streaming.await.expect("task").expect_err("cut off");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(
         next_event(&mut events).await,
         Event::Ended {

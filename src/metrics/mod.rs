@@ -162,7 +162,7 @@ fn describe() {
     describe_counter!(
         WORKER_RESTARTS_TOTAL,
         Unit::Count,
-        "Worker backends replaced, by reason: exited, hung, cancelled, malformed, panic, start_failed (restarts)."
+        "Worker backends replaced, by reason: exited, hung, cancelled, malformed, panic, start_failed, other (restarts)."
     );
     describe_counter!(
         PROMPT_TOKENS_TOTAL,

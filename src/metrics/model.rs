@@ -75,14 +75,25 @@ const REJECT_REASONS: [&str; 5] = [
 
 /// The reasons counted in `infergate_worker_restarts_total`: what
 /// [`crate::backend::Health::Restart`] and the pool report.
-pub const RESTART_REASONS: [&str; 6] = [
+/// A reason not in the list (a custom backend's own) counts as `other`, so
+/// the label set stays bounded and no restart is filed under a wrong cause.
+pub const RESTART_REASONS: [&str; 7] = [
     "exited",
     "hung",
     "cancelled",
     "malformed",
     "panic",
     "start_failed",
+    "other",
 ];
+
+/// The index of a restart reason in [`RESTART_REASONS`], `other` if absent.
+fn restart_reason(reason: &str) -> usize {
+    RESTART_REASONS
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(RESTART_REASONS.len() - 1)
+}
 
 /// One model's handles. Series that depend on an outcome (a code, a
 /// reason) are registered on first use, so a scrape lists only what
@@ -208,10 +219,7 @@ impl ModelMetrics {
 
     /// A worker's backend was replaced (or failed to start) for `reason`.
     pub fn worker_restarted(&self, reason: &'static str) {
-        let i = RESTART_REASONS
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
+        let i = restart_reason(reason);
         self.restarts[i]
             .get_or_init(|| {
                 counter!(WORKER_RESTARTS_TOTAL, "model" => self.model.clone(), "reason" => RESTART_REASONS[i])
@@ -229,6 +237,16 @@ impl ModelMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_restart_reasons_count_as_other() {
+        assert_eq!(RESTART_REASONS[restart_reason("exited")], "exited");
+        assert_eq!(RESTART_REASONS[restart_reason("hung")], "hung");
+        assert_eq!(
+            RESTART_REASONS[restart_reason("my-backend-gave-up")],
+            "other"
+        );
+    }
 
     #[test]
     fn code_names_follow_the_grpc_spec() {

@@ -59,6 +59,20 @@ impl Reply {
             }
         }
     }
+
+    /// Sends the final result of a call that never ran, without blocking:
+    /// for code on the async runtime (a shutdown cutting off the queue).
+    /// Such a stream has sent nothing yet, so its buffer has room.
+    pub(crate) fn finish_unstarted(self, result: JobResult) {
+        match self {
+            Reply::Whole(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Stream(tx) => {
+                let _ = tx.try_send(StreamEvent::Done(result));
+            }
+        }
+    }
 }
 
 /// A call waiting for, or running on, a worker.

@@ -186,7 +186,7 @@ impl WorkerPool {
         let queued = self.shared.queue.drain();
         let cut_queued = queued.len();
         for job in queued {
-            job.reply.finish(Err(Error::ShuttingDown));
+            job.reply.finish_unstarted(Err(Error::ShuttingDown));
         }
         let cut_running = self.shared.running.cancel_all();
         (cut_queued, cut_running)

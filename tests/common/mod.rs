@@ -184,11 +184,31 @@ pub fn spawn_generate(
     client: &InferenceClient<Channel>,
     model: &str,
     prompt: &str,
-) -> JoinHandle<Result<tonic::Response<proto::GenerateResponse>, tonic::Status>> {
+) -> GenerateCall {
     let mut client = client.clone();
     let req = request(model, prompt);
     tokio::spawn(async move { client.generate(req).await })
 }
+
+/// On a one-worker probe model: starts a call that holds the worker, waits
+/// until it runs, then starts a second that waits in the queue, and waits
+/// until it is queued. Returns both calls.
+pub async fn one_running_one_queued(
+    server: &TestServer,
+    client: &InferenceClient<Channel>,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    running: &str,
+    queued: &str,
+) -> (GenerateCall, GenerateCall) {
+    let running_call = spawn_generate(client, "probe", running);
+    assert_eq!(next_event(events).await, Event::Started(running.into()));
+    let queued_call = spawn_generate(client, "probe", queued);
+    server.wait_for("probe", |m| m.queued == 1).await;
+    (running_call, queued_call)
+}
+
+/// A Generate call started in the background.
+pub type GenerateCall = JoinHandle<Result<tonic::Response<proto::GenerateResponse>, tonic::Status>>;
 
 /// A request with a grpc-timeout.
 pub fn with_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
