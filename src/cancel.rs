@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Set once, by the gateway, when nobody wants the call's result any more
 /// (the client left, or its deadline passed). Cheap to clone.
@@ -44,16 +44,6 @@ impl CancelSignal {
         self.inner.cancelled.load(Ordering::Acquire)
     }
 
-    /// Blocks the calling thread for `duration`, or until the signal is set.
-    /// Returns `true` when it was cancelled. Must not be called on a tokio
-    /// worker thread.
-    pub fn wait_timeout(&self, duration: Duration) -> bool {
-        let Some(until) = Instant::now().checked_add(duration) else {
-            return self.wait_until_far_future();
-        };
-        self.wait_until(until)
-    }
-
     /// Blocks until `until` or until the signal is set; `true` if cancelled.
     pub fn wait_until(&self, until: Instant) -> bool {
         let mut guard = self.inner.lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -71,29 +61,18 @@ impl CancelSignal {
             };
         }
     }
-
-    fn wait_until_far_future(&self) -> bool {
-        let mut guard = self.inner.lock.lock().unwrap_or_else(|e| e.into_inner());
-        while !self.is_cancelled() {
-            guard = self
-                .inner
-                .wake
-                .wait(guard)
-                .unwrap_or_else(|e| e.into_inner());
-        }
-        true
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn wait_returns_at_timeout_when_not_cancelled() {
         let signal = CancelSignal::new();
         let start = Instant::now();
-        assert!(!signal.wait_timeout(Duration::from_millis(20)));
+        assert!(!signal.wait_until(start + Duration::from_millis(20)));
         assert!(start.elapsed() >= Duration::from_millis(20));
     }
 
@@ -105,7 +84,7 @@ mod tests {
             std::thread::spawn(move || {
                 let start = Instant::now();
                 (
-                    signal.wait_timeout(Duration::from_secs(30)),
+                    signal.wait_until(start + Duration::from_secs(30)),
                     start.elapsed(),
                 )
             })

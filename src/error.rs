@@ -1,18 +1,31 @@
 //! The one error type of a call, its metrics label, and its gRPC status.
 //!
-//! Every failure a client can see is an [`Error`]; [`From<Error> for Status`]
-//! is the only place that chooses status codes. Internal details (a panic
-//! message, a worker's stack) are logged where they happen, not sent.
+//! Every failure a client can see is an [`Error`]; [`Error::to_status`] is
+//! the only place that chooses status codes and writes the message a client
+//! reads: the code, the model, the stage and the request id, then what
+//! happened, quoting at most [`MAX_QUOTE_CHARS`] of anything the client
+//! sent. Internal details (a panic message, a worker's stderr, an upstream
+//! body) are logged where they happen, never sent.
 
 use std::fmt;
 
 use tonic::{Code, Status};
 
 use crate::backend::BackendError;
+use crate::deadline::Deadline;
+use crate::metrics::code_name;
+
+/// Most characters of client input (or of a backend's message) quoted in
+/// an error: enough to recognise it, never enough to bloat the trailers
+/// (a 1 MB model name would otherwise come back whole and trip the
+/// client's metadata limit, hiding the real error).
+pub const MAX_QUOTE_CHARS: usize = 200;
 
 /// Where a call was when it ended early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// Being checked and admitted: nothing was queued or run.
+    Admission,
     /// Waiting in the model's queue for a worker.
     Queued,
     /// Running on a worker.
@@ -23,6 +36,7 @@ impl Stage {
     /// The `stage` label value.
     pub fn as_str(self) -> &'static str {
         match self {
+            Stage::Admission => "admission",
             Stage::Queued => "queued",
             Stage::Running => "running",
         }
@@ -32,9 +46,28 @@ impl Stage {
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Stage::Admission => "being admitted",
             Stage::Queued => "waiting in the queue",
             Stage::Running => "running",
         })
+    }
+}
+
+/// `text` as a quoted, escaped string of at most [`MAX_QUOTE_CHARS`]
+/// characters, saying how long the whole was when it is cut.
+pub fn quote(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTE_CHARS) {
+        None => format!("{text:?}"),
+        Some((end, _)) => format!("{:?}… ({} bytes in all)", &text[..end], text.len()),
+    }
+}
+
+/// `text` cut to at most [`MAX_QUOTE_CHARS`] characters, unquoted: for a
+/// backend's own message.
+fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(MAX_QUOTE_CHARS) {
+        None => text.into(),
+        Some((end, _)) => format!("{}…", &text[..end]).into(),
     }
 }
 
@@ -42,7 +75,7 @@ impl fmt::Display for Stage {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request names a model this gateway does not serve.
-    #[error("unknown model \"{model}\"; this gateway serves: {known}")]
+    #[error("unknown model {}; this gateway serves: {known}", quote(model))]
     ModelNotFound {
         /// The name asked for.
         model: String,
@@ -59,7 +92,7 @@ pub enum Error {
     },
     /// The model's queue is full: the caller should back off and retry.
     #[error(
-        "model \"{model}\" is overloaded: all {workers} workers are busy and {capacity} calls are already waiting; retry later"
+        "the model is overloaded: all {workers} workers are busy and {capacity} calls are already waiting; retry later"
     )]
     QueueFull {
         /// The model.
@@ -69,13 +102,15 @@ pub enum Error {
         /// Its queue capacity.
         capacity: usize,
     },
-    /// The call's deadline passed.
-    #[error("deadline of {timeout_ms} ms exceeded while {stage} (model \"{model}\")")]
+    /// The call's deadline passed, or (stage `admission`) cannot be met:
+    /// the queue ahead of it, at the model's recent backend times, takes
+    /// longer than the time left.
+    #[error("{}", deadline_message(deadline, *stage))]
     DeadlineExceeded {
         /// The model.
         model: String,
         /// The deadline the call had.
-        timeout_ms: u64,
+        deadline: Deadline,
         /// Where the call was when it expired.
         stage: Stage,
     },
@@ -83,13 +118,13 @@ pub enum Error {
     #[error("the gateway is shutting down and accepts no new calls")]
     ShuttingDown,
     /// The backend panicked; the details are in the server log.
-    #[error("the backend of model \"{model}\" failed while running this call (see the server log)")]
+    #[error("the backend failed while running this call (see the gateway log)")]
     BackendPanic {
         /// The model.
         model: String,
     },
     /// The backend reported an error with its own code.
-    #[error("model \"{model}\": {source}")]
+    #[error("{}", clip(&source.message))]
     Backend {
         /// The model.
         model: String,
@@ -97,7 +132,7 @@ pub enum Error {
         source: BackendError,
     },
     /// A worker went away without answering (the pool was torn down).
-    #[error("model \"{model}\": the call was dropped without an answer")]
+    #[error("the call was dropped without an answer")]
     Dropped {
         /// The model.
         model: String,
@@ -132,6 +167,51 @@ impl Error {
         }
     }
 
+    /// The model the call was for, if it names a served one.
+    pub fn model(&self) -> Option<&str> {
+        match self {
+            Error::ModelNotFound { .. } | Error::InvalidArgument { .. } | Error::ShuttingDown => {
+                None
+            }
+            Error::QueueFull { model, .. }
+            | Error::DeadlineExceeded { model, .. }
+            | Error::BackendPanic { model }
+            | Error::Backend { model, .. }
+            | Error::Dropped { model } => Some(model),
+        }
+    }
+
+    /// Where the call was when it failed.
+    pub fn stage(&self) -> Stage {
+        match self {
+            Error::ModelNotFound { .. }
+            | Error::InvalidArgument { .. }
+            | Error::QueueFull { .. }
+            | Error::ShuttingDown => Stage::Admission,
+            Error::DeadlineExceeded { stage, .. } => *stage,
+            Error::BackendPanic { .. } | Error::Backend { .. } | Error::Dropped { .. } => {
+                Stage::Running
+            }
+        }
+    }
+
+    /// The status a client gets: `CODE (model "m", stage s): what happened
+    /// [request id]`. The request id comes last, in brackets, so that tools
+    /// grouping errors by message can cut it off.
+    pub fn to_status(&self, request_id: &str) -> Status {
+        let code = self.code();
+        let model = self
+            .model()
+            .map(|m| format!("model \"{m}\", "))
+            .unwrap_or_default();
+        let message = format!(
+            "{} ({model}stage {}): {self} [request {request_id}]",
+            code_name(code),
+            self.stage().as_str(),
+        );
+        Status::new(code, message)
+    }
+
     /// Shorthand for an invalid field.
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Error {
         Error::InvalidArgument {
@@ -142,8 +222,18 @@ impl Error {
 }
 
 impl From<Error> for Status {
+    /// For errors outside a call (no request id).
     fn from(error: Error) -> Status {
-        Status::new(error.code(), error.to_string())
+        error.to_status("-")
+    }
+}
+
+fn deadline_message(deadline: &Deadline, stage: Stage) -> String {
+    match stage {
+        Stage::Admission => format!(
+            "{deadline} cannot be met: the calls queued ahead take longer at this model's recent backend times"
+        ),
+        Stage::Queued | Stage::Running => format!("{deadline} exceeded while {stage}"),
     }
 }
 
@@ -174,7 +264,7 @@ mod tests {
             (
                 Error::DeadlineExceeded {
                     model: "a".into(),
-                    timeout_ms: 5,
+                    deadline: Deadline::after(std::time::Duration::from_millis(5)),
                     stage: Stage::Queued,
                 },
                 Code::DeadlineExceeded,
@@ -205,5 +295,32 @@ mod tests {
             capacity: 2,
         });
         assert!(status.message().contains("slow-a"));
+    }
+
+    #[test]
+    fn messages_carry_code_stage_and_request_id() {
+        let status = Error::QueueFull {
+            model: "slow-a".into(),
+            workers: 1,
+            capacity: 2,
+        }
+        .to_status("req-7");
+        let m = status.message();
+        assert!(m.starts_with("RESOURCE_EXHAUSTED"), "{m}");
+        assert!(m.contains("stage admission") && m.contains("req-7"), "{m}");
+    }
+
+    #[test]
+    fn client_input_is_quoted_short() {
+        let huge = "x".repeat(1_000_000);
+        let status = Error::ModelNotFound {
+            model: huge,
+            known: "a".into(),
+        }
+        .to_status("r");
+        assert!(status.message().len() < 500, "{}", status.message().len());
+        assert!(status.message().contains("1000000 bytes"));
+        let q = quote("é".repeat(300).as_str());
+        assert!(q.chars().count() < 260);
     }
 }

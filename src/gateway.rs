@@ -19,30 +19,18 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::backend::{BackendFactory, OpenAiFactory, ProcessFactory, SimulatedFactory};
 use crate::config::{BackendKind, Config, ModelConfig, validate_model_name};
+use crate::deadline::Deadline;
 use crate::error::{Error, Stage};
-use crate::metrics::{Method, ModelMetrics, UNKNOWN_MODEL};
-use crate::pool::{Outcome, PoolStats, Reply, Ticket, WorkerPool};
+use crate::metrics::{Method, ModelMetrics, PoolStats, StatsSource, UNKNOWN_MODEL};
+use crate::outcome::Outcome;
+use crate::pool::{Reply, Ticket, WorkerPool};
 use crate::proto;
 use crate::record::CallRecord;
 use crate::request;
 use crate::stream::GenerationStream;
 
-/// How much earlier than the client's grpc-timeout the gateway gives up, as
-/// a fraction of the timeout, between [`MIN_CLIENT_MARGIN`] and
-/// [`MAX_CLIENT_MARGIN`]. Two timers race ours: tonic's server runs one on
-/// that header outside our service and answers CANCELLED "Timeout expired"
-/// when it fires first; and the client runs its own, started before the
-/// request was sent. Answering DEADLINE_EXCEEDED a little early is what lets
-/// the client see DEADLINE_EXCEEDED from the server (with the stage it
-/// expired in) rather than a local timeout.
-const CLIENT_MARGIN_DIVISOR: u32 = 20;
-/// Lower bound of the margin: two ticks of tokio's millisecond timer.
-const MIN_CLIENT_MARGIN: Duration = Duration::from_millis(2);
-/// Upper bound of the margin, for long timeouts.
-const MAX_CLIENT_MARGIN: Duration = Duration::from_millis(20);
-
-/// Events buffered between a streaming worker and its handler before the
-/// worker waits for the client to read.
+/// Items buffered between a streaming worker and its handler before the
+/// worker waits (up to the deadline) for the client to read.
 const STREAM_BUFFER: usize = 32;
 
 /// A model: its configuration and its pool.
@@ -63,45 +51,14 @@ impl Model {
         self.pool.backend_kind()
     }
 
-    /// The deadline of a call received at `received`, and its budget in ms.
-    fn deadline(&self, received: Instant, client_timeout: Option<Duration>) -> (Instant, u64) {
-        let (budget, effective) = match client_timeout {
-            Some(t) => {
-                let margin =
-                    (t / CLIENT_MARGIN_DIVISOR).clamp(MIN_CLIENT_MARGIN, MAX_CLIENT_MARGIN);
-                (t, t.saturating_sub(margin))
-            }
-            None => (self.config.timeout(), self.config.timeout()),
-        };
-        let deadline = received
-            .checked_add(effective)
-            .unwrap_or_else(|| received + Duration::from_secs(365 * 24 * 3600));
-        let ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
-        (deadline, ms)
-    }
-}
-
-/// A call that finished, with the gateway's view of its timing.
-#[derive(Debug, Clone)]
-pub struct Finished {
-    /// What the worker returned.
-    pub outcome: Outcome,
-    /// From the handler receiving the call to the result being ready.
-    pub total: Duration,
-    /// From the handler receiving the call to the first token.
-    pub time_to_first_token: Option<Duration>,
-}
-
-impl Finished {
-    pub(crate) fn new(outcome: Outcome, received: Instant) -> Self {
-        let time_to_first_token = outcome
-            .first_token
-            .map(|t| t.saturating_duration_since(received));
-        Finished {
-            outcome,
-            total: received.elapsed(),
-            time_to_first_token,
-        }
+    /// The deadline of a call received at `received`.
+    fn deadline(&self, received: Instant, client_timeout: Option<Duration>) -> Deadline {
+        Deadline::for_call(
+            received,
+            client_timeout,
+            self.config.timeout(),
+            self.config.max_timeout(),
+        )
     }
 }
 
@@ -177,8 +134,7 @@ struct Admitted<'a> {
     token: TaskTrackerToken,
     model: &'a Model,
     ticket: Ticket,
-    deadline: Instant,
-    timeout_ms: u64,
+    deadline: Deadline,
 }
 
 /// The backend factory for a configured model; `None` when the model lacks
@@ -231,7 +187,7 @@ impl Gateway {
         &self,
         request: proto::GenerateRequest,
         client_timeout: Option<Duration>,
-    ) -> Result<Finished, Error> {
+    ) -> Result<Outcome, Error> {
         let model = self.lookup(&request.model);
         let mut record = self.record(model, Method::Generate);
         let result = self
@@ -247,7 +203,7 @@ impl Gateway {
         request: proto::GenerateRequest,
         client_timeout: Option<Duration>,
         record: &CallRecord,
-    ) -> Result<Finished, Error> {
+    ) -> Result<Outcome, Error> {
         let (tx, rx) = oneshot::channel();
         let mut call = self.admit(
             model,
@@ -257,20 +213,18 @@ impl Gateway {
             Reply::Whole(tx),
         )?;
         let model = || call.model.config.name.clone();
-        let outcome = match tokio::time::timeout_at(call.deadline.into(), rx).await {
+        match tokio::time::timeout_at(call.deadline.at().into(), rx).await {
             Ok(reply) => {
                 call.ticket.settle();
-                reply.unwrap_or_else(|_| Err(Error::Dropped { model: model() }))?
+                let outcome = reply.unwrap_or_else(|_| Err(Error::Dropped { model: model() }))?;
+                Ok(outcome.received_at(record.received()))
             }
-            Err(_) => {
-                return Err(Error::DeadlineExceeded {
-                    model: model(),
-                    timeout_ms: call.timeout_ms,
-                    stage: call.ticket.abandon().unwrap_or(Stage::Running),
-                });
-            }
-        };
-        Ok(Finished::new(outcome, record.received()))
+            Err(_) => Err(Error::DeadlineExceeded {
+                model: model(),
+                deadline: call.deadline,
+                stage: call.ticket.abandon().unwrap_or(Stage::Running),
+            }),
+        }
     }
 
     /// Starts a GenerateStream call: text as the backend produces it.
@@ -302,7 +256,6 @@ impl Gateway {
             record,
             call.model.config.name.clone(),
             call.deadline,
-            call.timeout_ms,
         ))
     }
 
@@ -331,14 +284,13 @@ impl Gateway {
         let token = self.enter()?;
         let model = model.ok_or_else(|| self.not_found(&request.model))?;
         let params = request::params(request, &model.config)?;
-        let (deadline, timeout_ms) = model.deadline(received, client_timeout);
-        let ticket = model.pool.submit(params, deadline, timeout_ms, reply)?;
+        let deadline = model.deadline(received, client_timeout);
+        let ticket = model.pool.submit(params, deadline, received, reply)?;
         Ok(Admitted {
             token,
             model,
             ticket,
             deadline,
-            timeout_ms,
         })
     }
 
@@ -396,5 +348,14 @@ impl Gateway {
             let (mq, mr) = model.pool.abort();
             (q + mq, r + mr)
         })
+    }
+}
+
+impl StatsSource for Gateway {
+    fn pool_stats(&self) -> Vec<(String, PoolStats)> {
+        self.models
+            .iter()
+            .map(|m| (m.config.name.clone(), m.stats()))
+            .collect()
     }
 }

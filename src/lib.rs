@@ -2,19 +2,27 @@
 //! on bounded per-model worker pools, so that concurrent calls overlap.
 //!
 //! A call travels: [`service`] (proto in) → [`gateway`] (find the model,
-//! [`request`] checks, deadline) → [`pool`] (bounded queue, worker thread) →
-//! [`backend`] (the blocking model call) → back on a oneshot, or through a
-//! channel for streams ([`stream`]) → [`service`] (proto out). [`error`] maps
-//! every failure to one gRPC status; [`server`] wires health, reflection and
-//! the shutdown sequence; [`config`] reads the TOML file.
+//! [`request`] checks, its [`deadline`]) → [`pool`] (admission, bounded
+//! queue, worker thread) → [`backend`] (the blocking model call) → back as
+//! one [`outcome`] type, on a oneshot, or through a channel for streams
+//! ([`stream`]) → [`service`] (proto out). [`error`] maps every failure to
+//! one gRPC status; [`server`] wires health, reflection and the shutdown
+//! sequence; [`config`] reads the TOML file.
+//!
+//! The embedding API (for serving custom backends from Rust) is what is
+//! `pub`: [`config`], [`backend`], [`gateway`], [`server`], [`metrics`],
+//! [`error`], [`deadline`], [`outcome`], [`proto`], and the command line
+//! ([`cli`], [`bench`]). The rest is `pub(crate)`.
 //!
 //! Modules:
 //! - [`config`]: the configuration file, defaults and validation
 //! - [`server`]: `run(listener, config, gateway, shutdown)` and `serve`
 //! - [`service`]: the generated `Inference` trait, conversions only
-//! - [`gateway`]: models, admission, deadlines, shutdown state
+//! - [`gateway`]: models, admission, shutdown state
+//! - [`deadline`]: the one deadline of a call
 //! - [`request`]: request validation and `grpc-timeout`
-//! - [`pool`]: the worker pool: queue, workers, tickets
+//! - [`pool`]: the worker pool: admission, queue, workers, tickets
+//! - [`outcome`]: the one result type from worker to handler
 //! - [`stream`]: the handler side of a streaming call
 //! - [`backend`]: the synchronous `Backend` trait and the shipped backends
 //! - [`cancel`]: a cancel signal synchronous code can wait on
@@ -26,19 +34,21 @@
 
 pub mod backend;
 pub mod bench;
-pub mod cancel;
+pub(crate) mod cancel;
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod error;
 pub mod gateway;
-pub mod message_limit;
+pub(crate) mod message_limit;
 pub mod metrics;
-pub mod pool;
+pub mod outcome;
+pub(crate) mod pool;
 pub(crate) mod record;
-pub mod request;
+pub(crate) mod request;
 pub mod server;
-pub mod service;
-pub mod stream;
+pub(crate) mod service;
+pub(crate) mod stream;
 
 /// The generated messages, server and client of `infergate.v1`.
 #[allow(
@@ -57,3 +67,4 @@ pub mod proto {
 pub use config::Config;
 pub use error::Error;
 pub use gateway::Gateway;
+pub use stream::GenerationStream;

@@ -15,11 +15,11 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::backend::FinishReason;
-use crate::gateway::{Finished, Gateway};
+use crate::gateway::Gateway;
+use crate::outcome::{Outcome, StreamItem};
 use crate::proto;
 use crate::proto::inference_server::Inference;
 use crate::request::grpc_timeout;
-use crate::stream::StreamItem;
 
 /// Implements `infergate.v1.Inference` over a [`Gateway`].
 #[derive(Clone)]
@@ -44,21 +44,20 @@ impl Inference for InferenceService {
         request: Request<proto::GenerateRequest>,
     ) -> Result<Response<proto::GenerateResponse>, Status> {
         let id = RequestId::of(request.metadata());
-        let span =
-            tracing::debug_span!("generate", model = %request.get_ref().model, request_id = %id);
+        let span = call_span("generate", request.get_ref(), &id);
         async {
             let timeout = grpc_timeout(request.metadata());
             let model = request.get_ref().model.clone();
-            let mut finished = self
+            let outcome = self
                 .gateway
                 .generate(request.into_inner(), timeout)
                 .await
-                .map_err(|e| id.tag_status(e.into()))?;
+                .map_err(|e| id.status(&e))?;
             let response = Response::new(proto::GenerateResponse {
-                text: std::mem::take(&mut finished.outcome.text),
-                finish_reason: finish_reason(finished.outcome.completion.finish_reason).into(),
-                usage: Some(usage(&finished)),
-                timing: Some(timing(&finished)),
+                finish_reason: finish_reason(outcome.completion.finish_reason).into(),
+                usage: Some(usage(&outcome)),
+                timing: Some(timing(&outcome)),
+                text: outcome.text,
                 model,
             });
             Ok(id.tag_response(response))
@@ -74,25 +73,26 @@ impl Inference for InferenceService {
         request: Request<proto::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
         let id = RequestId::of(request.metadata());
-        let span = tracing::debug_span!("generate_stream", model = %request.get_ref().model, request_id = %id);
+        let span = call_span("generate_stream", request.get_ref(), &id);
         let _entered = span.enter();
         let timeout = grpc_timeout(request.metadata());
         let stream = self
             .gateway
             .generate_stream(request.into_inner(), timeout)
-            .map_err(|e| id.tag_status(e.into()))?;
-        let stream = stream.map(|item| match item {
+            .map_err(|e| id.status(&e))?;
+        let request_id = id.to_string();
+        let stream = stream.map(move |item| match item {
             Ok(StreamItem::Text(text)) => Ok(proto::GenerateStreamResponse {
                 text,
                 ..Default::default()
             }),
-            Ok(StreamItem::Finished(finished)) => Ok(proto::GenerateStreamResponse {
+            Ok(StreamItem::Done(outcome)) => Ok(proto::GenerateStreamResponse {
                 text: String::new(),
-                finish_reason: finish_reason(finished.outcome.completion.finish_reason).into(),
-                usage: Some(usage(&finished)),
-                timing: Some(timing(&finished)),
+                finish_reason: finish_reason(outcome.completion.finish_reason).into(),
+                usage: Some(usage(&outcome)),
+                timing: Some(timing(&outcome)),
             }),
-            Err(error) => Err(Status::from(error)),
+            Err(error) => Err(error.to_status(&request_id)),
         });
         Ok(id.tag_response(Response::new(Box::pin(stream))))
     }
@@ -165,7 +165,10 @@ impl RequestId {
         response
     }
 
-    fn tag_status(&self, mut status: Status) -> Status {
+    /// The status a client gets for `error`, its message and metadata
+    /// carrying this id.
+    fn status(&self, error: &crate::error::Error) -> Status {
+        let mut status = error.to_status(self.0.to_str().unwrap_or("?"));
         status.metadata_mut().insert(REQUEST_ID, self.0.clone());
         status
     }
@@ -176,6 +179,24 @@ impl fmt::Display for RequestId {
         f.write_str(self.0.to_str().unwrap_or("?"))
     }
 }
+
+/// The span of one call, at info level so that warnings logged by workers
+/// and backends during the call carry its request id. The model name is
+/// client input: only a bounded prefix is recorded.
+fn call_span(
+    method: &'static str,
+    request: &proto::GenerateRequest,
+    id: &RequestId,
+) -> tracing::Span {
+    let model = request
+        .model
+        .get(..request.model.len().min(MAX_SPAN_MODEL_BYTES))
+        .unwrap_or("?");
+    tracing::info_span!("call", method, model, request_id = %id)
+}
+
+/// Bytes of the requested model name kept in a call's span.
+const MAX_SPAN_MODEL_BYTES: usize = 128;
 
 fn saturate(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
@@ -192,8 +213,8 @@ fn finish_reason(reason: FinishReason) -> proto::FinishReason {
     }
 }
 
-fn usage(finished: &Finished) -> proto::Usage {
-    let c = finished.outcome.completion;
+fn usage(outcome: &Outcome) -> proto::Usage {
+    let c = outcome.completion;
     proto::Usage {
         prompt_tokens: c.prompt_tokens,
         completion_tokens: c.completion_tokens,
@@ -201,11 +222,12 @@ fn usage(finished: &Finished) -> proto::Usage {
     }
 }
 
-fn timing(finished: &Finished) -> proto::Timing {
+fn timing(outcome: &Outcome) -> proto::Timing {
+    let t = &outcome.timing;
     proto::Timing {
-        queue_wait_us: micros(finished.outcome.queue_wait),
-        backend_us: micros(finished.outcome.backend_time),
-        total_us: micros(finished.total),
-        time_to_first_token_us: finished.time_to_first_token.map_or(0, micros),
+        queue_wait_us: micros(t.queue_wait),
+        backend_us: micros(t.backend),
+        total_us: micros(t.total),
+        time_to_first_token_us: t.first_token.map_or(0, micros),
     }
 }

@@ -193,7 +193,11 @@ pub struct CallContext<'a> {
 
 impl<'a> CallContext<'a> {
     /// A context for one call.
-    pub fn new(cancel: &'a CancelSignal, deadline: Instant, sink: &'a mut dyn TokenSink) -> Self {
+    pub(crate) fn new(
+        cancel: &'a CancelSignal,
+        deadline: Instant,
+        sink: &'a mut dyn TokenSink,
+    ) -> Self {
         CallContext {
             cancel,
             deadline,

@@ -288,7 +288,7 @@ async fn call_once(
             start: offset,
             latency,
             code: status.code(),
-            error: Some(status.message().to_string()),
+            error: Some(without_request_id(status.message()).to_string()),
             backend_us: 0,
             queue_wait_us: 0,
         },
@@ -316,4 +316,13 @@ fn request<T>(plan: &Plan, message: T) -> tonic::Request<T> {
     *request.metadata_mut() = plan.metadata.clone();
     request.set_timeout(plan.timeout);
     request
+}
+
+/// A status message without the gateway's trailing ` [request ID]`, so
+/// that errors group by what happened, as ghz groups them.
+fn without_request_id(message: &str) -> &str {
+    match message.rfind(" [request ") {
+        Some(i) if message.ends_with(']') => &message[..i],
+        _ => message,
+    }
 }

@@ -41,6 +41,9 @@ pub const DEFAULT_WORKERS: usize = 4;
 pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
 /// Default deadline of a call whose client sets none.
 pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+/// Default cap on a client's grpc-timeout: five minutes, so that no client
+/// can hold a worker for longer unless the operator allows it.
+pub const DEFAULT_MAX_TIMEOUT_MS: u64 = 300_000;
 /// Default upper bound on `max_tokens` in a request.
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
@@ -48,6 +51,24 @@ pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 pub const MAX_WORKERS: usize = 4096;
 /// Largest queue one model may have.
 pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
+/// Longest call deadline (`timeout_ms`, `max_timeout_ms`): one day.
+pub const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+/// Longest shutdown grace: one hour.
+pub const MAX_SHUTDOWN_GRACE_SECONDS: u64 = 3600;
+/// Smallest and largest request message accepted.
+pub const MIN_MESSAGE_BYTES: usize = 1024;
+/// Largest request message accepted: 256 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Most HTTP/2 streams per connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1_000_000;
+/// Largest `max_tokens` a model may allow.
+pub const MAX_MAX_TOKENS: u32 = 10_000_000;
+/// Longest simulated latency (per call, or per token): one hour.
+pub const MAX_SIMULATED_LATENCY_MS: u64 = 3600 * 1000;
+/// Most tokens a simulated model produces per call.
+pub const MAX_SIMULATED_OUTPUT_TOKENS: u32 = 1_000_000;
+/// Longest OpenAI connect or read timeout: one hour.
+pub const MAX_HTTP_TIMEOUT_MS: u64 = 3600 * 1000;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +162,10 @@ pub struct ModelConfig {
     /// Deadline of a call whose client sets no grpc-timeout.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Cap on a client's grpc-timeout: the effective deadline is the
+    /// smaller of the two.
+    #[serde(default = "default_max_timeout_ms")]
+    pub max_timeout_ms: u64,
     /// Largest `max_tokens` a request may ask for.
     #[serde(default = "default_max_tokens")]
     pub max_tokens: u32,
@@ -164,6 +189,7 @@ impl ModelConfig {
             workers: DEFAULT_WORKERS,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
             timeout_ms: DEFAULT_TIMEOUT_MS,
+            max_timeout_ms: DEFAULT_MAX_TIMEOUT_MS,
             max_tokens: DEFAULT_MAX_TOKENS,
             simulated: None,
             process: None,
@@ -174,6 +200,11 @@ impl ModelConfig {
     /// The deadline applied when the client sets none.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The cap on a client's deadline.
+    pub fn max_timeout(&self) -> Duration {
+        Duration::from_millis(self.max_timeout_ms)
     }
 }
 
@@ -304,6 +335,9 @@ fn default_queue_capacity() -> usize {
 }
 fn default_timeout_ms() -> u64 {
     DEFAULT_TIMEOUT_MS
+}
+fn default_max_timeout_ms() -> u64 {
+    DEFAULT_MAX_TIMEOUT_MS
 }
 fn default_max_tokens() -> u32 {
     DEFAULT_MAX_TOKENS

@@ -3,24 +3,53 @@
 
 use std::collections::HashSet;
 
-use crate::config::{BackendKind, Config, MAX_QUEUE_CAPACITY, MAX_WORKERS, ModelConfig};
+use std::fmt::Display;
+
+use crate::config::{
+    BackendKind, Config, MAX_CONCURRENT_STREAMS, MAX_HTTP_TIMEOUT_MS, MAX_MAX_TOKENS,
+    MAX_MESSAGE_BYTES, MAX_QUEUE_CAPACITY, MAX_SHUTDOWN_GRACE_SECONDS, MAX_SIMULATED_LATENCY_MS,
+    MAX_SIMULATED_OUTPUT_TOKENS, MAX_TIMEOUT_MS, MAX_WORKERS, MIN_MESSAGE_BYTES, ModelConfig,
+};
+
+/// Checks that `value` of `key` lies in `min..=max`, saying so otherwise.
+pub(crate) fn in_range<T: PartialOrd + Display>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<(), (String, String)> {
+    if value < min || value > max {
+        return Err((
+            key.to_string(),
+            format!("must be between {min} and {max}, got {value}"),
+        ));
+    }
+    Ok(())
+}
 
 impl Config {
     /// Checks what the types cannot: ranges, uniqueness, matching sections.
     /// Returns the key at fault and what is wrong with it.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        if self.server.max_message_bytes < 1024 {
-            return Err((
-                "server.max_message_bytes".into(),
-                "must be at least 1024".into(),
-            ));
-        }
-        if self.server.max_concurrent_streams == 0 {
-            return Err((
-                "server.max_concurrent_streams".into(),
-                "must be at least 1".into(),
-            ));
-        }
+        let server = &self.server;
+        in_range(
+            "server.shutdown_grace_seconds",
+            server.shutdown_grace_seconds,
+            0,
+            MAX_SHUTDOWN_GRACE_SECONDS,
+        )?;
+        in_range(
+            "server.max_message_bytes",
+            server.max_message_bytes,
+            MIN_MESSAGE_BYTES,
+            MAX_MESSAGE_BYTES,
+        )?;
+        in_range(
+            "server.max_concurrent_streams",
+            server.max_concurrent_streams,
+            1,
+            MAX_CONCURRENT_STREAMS,
+        )?;
         if self.models.is_empty() {
             return Err((
                 "models".into(),
@@ -37,27 +66,27 @@ impl Config {
                     format!("duplicate model name \"{}\"", model.name),
                 ));
             }
-            if model.workers == 0 || model.workers > MAX_WORKERS {
-                return Err((
-                    key("workers"),
-                    format!("must be between 1 and {MAX_WORKERS}, got {}", model.workers),
-                ));
-            }
-            if model.queue_capacity > MAX_QUEUE_CAPACITY {
-                return Err((
-                    key("queue_capacity"),
-                    format!(
-                        "must be at most {MAX_QUEUE_CAPACITY}, got {}",
-                        model.queue_capacity
-                    ),
-                ));
-            }
-            if model.timeout_ms == 0 {
-                return Err((key("timeout_ms"), "must be at least 1".into()));
-            }
-            if model.max_tokens == 0 {
-                return Err((key("max_tokens"), "must be at least 1".into()));
-            }
+            in_range(&key("workers"), model.workers, 1, MAX_WORKERS)?;
+            in_range(
+                &key("queue_capacity"),
+                model.queue_capacity,
+                0,
+                MAX_QUEUE_CAPACITY,
+            )?;
+            in_range(
+                &key("max_timeout_ms"),
+                model.max_timeout_ms,
+                1,
+                MAX_TIMEOUT_MS,
+            )?;
+            in_range(
+                &key("timeout_ms"),
+                model.timeout_ms,
+                1,
+                model.max_timeout_ms,
+            )
+            .map_err(|(k, m)| (k, format!("{m} (it may not exceed max_timeout_ms)")))?;
+            in_range(&key("max_tokens"), model.max_tokens, 1, MAX_MAX_TOKENS)?;
             validate_backend_section(model).map_err(|(field, m)| (key(field), m))?;
         }
         Ok(())
@@ -87,10 +116,24 @@ fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, St
             ));
         }
     }
+    let within = |key: &'static str, value: u64, min: u64, max: u64| {
+        in_range(key, value, min, max).map_err(|(_, m)| (key, m))
+    };
     match model.backend {
         BackendKind::Simulated => {
-            if model.simulated.as_ref().and_then(|s| s.output_tokens) == Some(0) {
-                return Err(("simulated.output_tokens", "must be at least 1".into()));
+            if let Some(simulated) = &model.simulated {
+                let max = MAX_SIMULATED_LATENCY_MS;
+                within("simulated.latency_ms", simulated.latency_ms, 0, max)?;
+                within(
+                    "simulated.token_latency_ms",
+                    simulated.token_latency_ms,
+                    0,
+                    max,
+                )?;
+                if let Some(tokens) = simulated.output_tokens {
+                    let max = u64::from(MAX_SIMULATED_OUTPUT_TOKENS);
+                    within("simulated.output_tokens", u64::from(tokens), 1, max)?;
+                }
             }
         }
         BackendKind::Process => {
@@ -139,9 +182,14 @@ fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, St
                     ));
                 }
             }
-            if openai.connect_timeout_ms == 0 || openai.read_timeout_ms == 0 {
-                return Err(("openai", "timeouts must be at least 1 ms".into()));
-            }
+            let max = MAX_HTTP_TIMEOUT_MS;
+            within(
+                "openai.connect_timeout_ms",
+                openai.connect_timeout_ms,
+                1,
+                max,
+            )?;
+            within("openai.read_timeout_ms", openai.read_timeout_ms, 1, max)?;
         }
     }
     Ok(())

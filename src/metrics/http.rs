@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::gateway::Gateway;
+use crate::metrics::live::StatsSource;
 use crate::metrics::{live, recorder};
 
 /// The Prometheus text exposition format.
@@ -27,8 +27,8 @@ const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// How often the recorder's upkeep runs (it drains histogram buffers).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Serves `/metrics` for `gateway` on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, stop: CancellationToken) {
+/// Serves `/metrics` for the pools of `gateway` on `listener` until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, gateway: Arc<dyn StatsSource>, stop: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving Prometheus metrics on /metrics");
     }
@@ -78,14 +78,14 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, stop: Cancellat
 
 async fn respond(
     request: Request<Incoming>,
-    gateway: Arc<Gateway>,
+    gateway: Arc<dyn StatsSource>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.method() != Method::GET {
         return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"));
     }
     match request.uri().path() {
         "/metrics" => {
-            let rendered = tokio::task::spawn_blocking(move || render(&gateway)).await;
+            let rendered = tokio::task::spawn_blocking(move || render(gateway.as_ref())).await;
             Ok(match rendered {
                 Ok(text) => {
                     let mut response = Response::new(Full::new(Bytes::from(text)));
@@ -109,9 +109,9 @@ async fn respond(
 }
 
 /// The whole scrape: recorded events, then live pool state.
-pub fn render(gateway: &Gateway) -> String {
+pub fn render(source: &dyn StatsSource) -> String {
     let mut text = recorder().render();
-    live::render(gateway, &mut text);
+    live::render(source, &mut text);
     text
 }
 

@@ -7,9 +7,38 @@
 
 use std::fmt::Write;
 
-use crate::gateway::Gateway;
-use crate::metrics::{BACKEND_BUSY_SECONDS, INFLIGHT_REQUESTS, QUEUE_DEPTH, WORKERS, WORKERS_BUSY};
-use crate::pool::PoolStats;
+use crate::metrics::{
+    BACKEND_BUSY_SECONDS, INFLIGHT_REQUESTS, QUEUE_DEPTH, WORKERS, WORKERS_BUSY, WORKERS_READY,
+};
+
+/// A snapshot of a pool's size and load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolStats {
+    /// Worker threads.
+    pub workers: usize,
+    /// Places in the queue.
+    pub queue_capacity: usize,
+    /// Workers running a backend call.
+    pub busy: usize,
+    /// Calls waiting for a worker.
+    pub queued: usize,
+    /// Backend calls started since start-up.
+    pub backend_calls: u64,
+    /// Calls admitted and not yet finished: queued, running, or streaming.
+    pub inflight: usize,
+    /// Worker-seconds spent in backend calls, running ones included.
+    pub busy_seconds: f64,
+    /// Workers with a backend ready; 0 means the model cannot serve (e.g.
+    /// its worker processes fail to start).
+    pub ready: usize,
+}
+
+/// Where a scrape reads the pools from: the narrow view of the gateway the
+/// metrics need, so this module does not depend on the gateway.
+pub trait StatsSource: Send + Sync {
+    /// Each model's name and pool stats, in configuration order.
+    fn pool_stats(&self) -> Vec<(String, PoolStats)>;
+}
 
 /// One family: name, type, help, and how to read it from a pool.
 struct Family {
@@ -25,6 +54,12 @@ const FAMILIES: &[Family] = &[
         kind: "gauge",
         help: "Worker threads of the model's pool: how many backend calls may run at once (threads).",
         value: |s| s.workers as f64,
+    },
+    Family {
+        name: WORKERS_READY,
+        kind: "gauge",
+        help: "Workers with a backend up and ready for a call; 0 means the model is down (threads).",
+        value: |s| s.ready as f64,
     },
     Family {
         name: WORKERS_BUSY,
@@ -52,14 +87,10 @@ const FAMILIES: &[Family] = &[
     },
 ];
 
-/// Appends the live families of every model of `gateway` to `out`, in the
+/// Appends the live families of every model of `source` to `out`, in the
 /// Prometheus text format.
-pub fn render(gateway: &Gateway, out: &mut String) {
-    let stats: Vec<(&str, PoolStats)> = gateway
-        .models()
-        .iter()
-        .map(|m| (m.config.name.as_str(), m.stats()))
-        .collect();
+pub fn render(source: &dyn StatsSource, out: &mut String) {
+    let stats = source.pool_stats();
     for family in FAMILIES {
         // Writing to a String cannot fail.
         let _ = writeln!(out, "# HELP {} {}", family.name, family.help);

@@ -25,6 +25,7 @@ use std::sync::OnceLock;
 use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+pub use live::{PoolStats, StatsSource};
 pub use model::{Method, ModelMetrics, code_name};
 
 /// Requests finished, by model, method and gRPC code.
@@ -39,6 +40,8 @@ pub const BACKEND_DURATION: &str = "infergate_backend_duration_seconds";
 pub const TIME_TO_FIRST_TOKEN: &str = "infergate_time_to_first_token_seconds";
 /// Worker threads of a model.
 pub const WORKERS: &str = "infergate_workers";
+/// Workers with a backend up: 0 means the model is down.
+pub const WORKERS_READY: &str = "infergate_workers_ready";
 /// Workers inside a backend call.
 pub const WORKERS_BUSY: &str = "infergate_workers_busy";
 /// Calls waiting for a worker.

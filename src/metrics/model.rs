@@ -187,7 +187,8 @@ impl ModelMetrics {
     /// A client went away while its call was at `stage`.
     pub fn cancelled(&self, stage: Stage) {
         let i = match stage {
-            Stage::Queued => 0,
+            // Admission is never abandoned half-way: nothing to cancel yet.
+            Stage::Admission | Stage::Queued => 0,
             Stage::Running => 1,
         };
         self.cancelled[i]

@@ -1,13 +1,21 @@
 //! The per-model worker pool: admission, the bounded queue, the workers.
 //!
 //! Each model gets `workers` dedicated OS threads, named after it, fed by a
-//! [`JobQueue`] of `queue_capacity` places. A handler [`WorkerPool::submit`]s
-//! a job and awaits the reply on a oneshot (or an mpsc for streams); waiting
-//! costs the caller a few hundred bytes of memory, not a thread. The
-//! [`Ticket`] it gets back is a drop guard: if the handler goes away (client
-//! cancelled, deadline passed), the job leaves the queue at once, or, if it is
-//! already running, its backend is told to stop.
+//! [`JobQueue`]. Admission is a count, not a guess: a call takes one of
+//! `workers + queue_capacity` permits of a semaphore or is refused at once,
+//! and its job holds the permit until it has run (or left the queue), so
+//! "running + waiting" is bounded exactly. A call whose deadline the queue
+//! ahead of it cannot meet, at the model's recent backend times, is refused
+//! at once as well, rather than left to expire in the queue.
+//!
+//! A handler [`WorkerPool::submit`]s a job and awaits the reply on a oneshot
+//! (or an mpsc for streams); waiting costs the caller a few hundred bytes of
+//! memory, not a thread. The [`Ticket`] it gets back is a drop guard: if the
+//! handler goes away (client cancelled, deadline passed), the job leaves
+//! the queue at once, or, if it is already running, its backend is told to
+//! stop.
 
+mod estimate;
 pub(crate) mod job;
 mod queue;
 mod running;
@@ -18,18 +26,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use tokio::sync::{Semaphore, TryAcquireError};
+
 use crate::backend::{BackendFactory, GenerateParams};
 use crate::cancel::CancelSignal;
+use crate::deadline::Deadline;
 use crate::error::{Error, Stage};
 use crate::metrics::ModelMetrics;
+pub use crate::metrics::PoolStats;
 
+use estimate::BackendEstimate;
 pub(crate) use job::{Job, Reply};
-pub use job::{JobResult, Outcome, StreamEvent};
-use queue::{JobQueue, Refusal};
+use queue::JobQueue;
 use running::Running;
 
 /// A model's pool of worker threads and the queue in front of it.
-pub struct WorkerPool {
+pub(crate) struct WorkerPool {
     shared: Arc<Shared>,
 }
 
@@ -37,6 +49,11 @@ pub struct WorkerPool {
 pub(crate) struct Shared {
     pub(crate) model: String,
     pub(crate) queue: JobQueue<Job>,
+    /// `workers + queue_capacity` permits: one per call running or waiting.
+    admission: Arc<Semaphore>,
+    queue_capacity: usize,
+    /// Recent backend times, for deadline-aware admission.
+    pub(crate) estimate: BackendEstimate,
     pub(crate) factory: Arc<dyn BackendFactory>,
     /// Worker threads (fixed for the pool's life).
     pub(crate) workers: usize,
@@ -54,40 +71,22 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<ModelMetrics>,
 }
 
-/// A snapshot of a pool's size and load.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PoolStats {
-    /// Worker threads.
-    pub workers: usize,
-    /// Places in the queue.
-    pub queue_capacity: usize,
-    /// Workers running a backend call.
-    pub busy: usize,
-    /// Calls waiting for a worker.
-    pub queued: usize,
-    /// Backend calls started since start-up.
-    pub backend_calls: u64,
-    /// Calls admitted and not yet finished: queued, running, or streaming.
-    pub inflight: usize,
-    /// Worker-seconds spent in backend calls, running ones included.
-    pub busy_seconds: f64,
-    /// Workers with a backend ready; 0 means the model cannot serve (e.g.
-    /// its worker processes fail to start).
-    pub ready: usize,
-}
-
 impl WorkerPool {
     /// Starts `workers` threads named `<model>-<i>` behind a queue of
     /// `queue_capacity`.
-    pub fn start(
+    pub(crate) fn start(
         model: &str,
         workers: usize,
         queue_capacity: usize,
         factory: Arc<dyn BackendFactory>,
     ) -> io::Result<WorkerPool> {
+        let permits = workers.saturating_add(queue_capacity);
         let shared = Arc::new(Shared {
             model: model.to_string(),
-            queue: JobQueue::new(queue_capacity),
+            queue: JobQueue::new(),
+            admission: Arc::new(Semaphore::new(permits.min(Semaphore::MAX_PERMITS))),
+            queue_capacity,
+            estimate: BackendEstimate::default(),
             factory,
             workers,
             running: Running::new(workers),
@@ -112,56 +111,76 @@ impl WorkerPool {
     }
 
     /// The model's metric handles.
-    pub fn metrics(&self) -> &Arc<ModelMetrics> {
+    pub(crate) fn metrics(&self) -> &Arc<ModelMetrics> {
         &self.shared.metrics
     }
 
     /// The backend kind, for ListModels.
-    pub fn backend_kind(&self) -> &str {
+    pub(crate) fn backend_kind(&self) -> &str {
         self.shared.factory.kind()
     }
 
     /// Admits a call, or refuses it at once: RESOURCE_EXHAUSTED when the
-    /// queue is full, UNAVAILABLE when the pool is closed.
+    /// queue is full, DEADLINE_EXCEEDED when the queue ahead cannot be
+    /// through before the deadline, UNAVAILABLE when the pool is closed.
     pub(crate) fn submit(
         &self,
         params: GenerateParams,
-        deadline: Instant,
-        timeout_ms: u64,
+        deadline: Deadline,
+        received: Instant,
         reply: Reply,
     ) -> Result<Ticket, Error> {
+        let shared = &self.shared;
+        if let Some(wait) = shared
+            .estimate
+            .least_wait(shared.queue.len(), shared.workers)
+            && wait >= deadline.remaining()
+        {
+            return Err(Error::DeadlineExceeded {
+                model: shared.model.clone(),
+                deadline,
+                stage: Stage::Admission,
+            });
+        }
+        let permit = match shared.admission.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::NoPermits) => {
+                return Err(Error::QueueFull {
+                    model: shared.model.clone(),
+                    workers: shared.workers,
+                    capacity: shared.queue_capacity,
+                });
+            }
+            Err(TryAcquireError::Closed) => return Err(Error::ShuttingDown),
+        };
         let cancel = CancelSignal::new();
         let job = Job {
             params,
             cancel: cancel.clone(),
             deadline,
-            timeout_ms,
+            received,
             admitted: Instant::now(),
             reply,
             span: tracing::Span::current(),
+            _permit: permit,
         };
-        match self.shared.queue.push(job) {
+        match shared.queue.push(job) {
             Ok(id) => Ok(Ticket {
                 id,
-                _inflight: InflightGuard::new(&self.shared),
-                shared: self.shared.clone(),
+                _inflight: InflightGuard::new(shared),
+                shared: shared.clone(),
                 cancel,
                 settled: false,
             }),
-            Err((_, Refusal::Full)) => Err(Error::QueueFull {
-                model: self.shared.model.clone(),
-                workers: self.shared.workers,
-                capacity: self.shared.queue.capacity(),
-            }),
-            Err((_, Refusal::Closed)) => Err(Error::ShuttingDown),
+            Err(_) => Err(Error::ShuttingDown),
         }
     }
 
     /// The pool's size and load right now.
-    pub fn stats(&self) -> PoolStats {
+    pub(crate) fn stats(&self) -> PoolStats {
         PoolStats {
             workers: self.shared.workers,
-            queue_capacity: self.shared.queue.capacity(),
+            queue_capacity: self.shared.queue_capacity,
             busy: self.shared.running.busy(),
             queued: self.shared.queue.len(),
             backend_calls: self.shared.calls.load(Ordering::Relaxed),
@@ -173,14 +192,15 @@ impl WorkerPool {
 
     /// Stops admitting calls. Queued and running calls go on; each worker
     /// thread exits once the queue is empty.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
+        self.shared.admission.close();
         self.shared.queue.close();
     }
 
     /// Ends every call now: queued ones get UNAVAILABLE, running ones are
     /// told to stop. For a shutdown whose grace has run out. Returns how many
     /// were queued and how many running.
-    pub fn abort(&self) -> (usize, usize) {
+    pub(crate) fn abort(&self) -> (usize, usize) {
         self.shared.aborted.store(true, Ordering::Release);
         self.close();
         let queued = self.shared.queue.drain();

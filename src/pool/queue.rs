@@ -1,36 +1,38 @@
-//! The bounded FIFO in front of a model's workers.
+//! The FIFO in front of a model's workers.
 //!
-//! Unlike a plain channel, a job can leave from the middle: a call whose
-//! client went away (or whose deadline passed) gives its place back at once,
-//! instead of holding it until a worker reaches it. Removal marks the slot
-//! empty (found by binary search on the job id, since ids only grow), and
-//! empty slots are compacted away once they outnumber live jobs, so memory
-//! stays bounded by the capacity.
+//! Its bound is not kept here: admission takes a permit of the pool's
+//! semaphore first (see [`super::WorkerPool::submit`]), so the queue never
+//! holds more than `workers + queue_capacity` jobs and needs no count of
+//! idle workers. Unlike a plain channel, a job can leave from the middle: a
+//! call whose client went away (or whose deadline passed) gives its place
+//! back at once, instead of holding it until a worker reaches it. Removal
+//! marks the slot empty (found by binary search on the job id, since ids
+//! only grow), and empty slots are compacted away once they outnumber live
+//! jobs, so memory stays bounded.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
-/// How many times an idle worker yields its core before it sleeps.
-const POP_YIELDS: u32 = 3;
-
-/// Why a job was not admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
-    /// `capacity` jobs are already waiting.
-    Full,
-    /// The queue is closed: the gateway is shutting down.
+/// What a worker's wait for a job gave.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Popped<T> {
+    /// The oldest waiting job.
+    Job(T),
+    /// Nothing came before the given instant.
+    Timeout,
+    /// The queue is closed and empty: the worker stops.
     Closed,
 }
 
-/// A bounded, closable FIFO with removal by id. Workers block in `pop`.
+/// A closable FIFO with removal by id. Workers block in `pop`.
 pub(crate) struct JobQueue<T> {
     state: Mutex<State<T>>,
     /// Signalled when a job arrives or the queue closes.
     ready: Condvar,
-    capacity: usize,
-    /// Live jobs, mirrored out of the lock so gauges and ListModels read it
-    /// without contending with workers.
+    /// Live jobs, mirrored out of the lock so gauges, ListModels and
+    /// admission read it without contending with workers.
     len: AtomicUsize,
 }
 
@@ -41,31 +43,23 @@ struct State<T> {
     next_id: u64,
     /// Slots that hold a job.
     live: usize,
-    /// Workers in `pop` with no job (yielding or asleep): a job one of them
-    /// is about to take does not wait, so it does not count against the
-    /// capacity (and with a capacity of 0, only such a job is admitted).
-    idle_workers: usize,
-    /// Those of them asleep on the condition variable: the only ones a push
-    /// must wake (a notify is a syscall even with nobody waiting).
-    sleeping_workers: usize,
+    /// Workers asleep on the condition variable: the only ones a push must
+    /// wake (a notify is a syscall even with nobody waiting).
+    sleeping: usize,
     closed: bool,
 }
 
 impl<T> JobQueue<T> {
-    /// A queue that holds at most `capacity` waiting jobs. With a capacity
-    /// of 0, a job is admitted only when a worker is idle to take it.
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new() -> Self {
         JobQueue {
             state: Mutex::new(State {
                 slots: VecDeque::new(),
                 next_id: 0,
                 live: 0,
-                idle_workers: 0,
-                sleeping_workers: 0,
+                sleeping: 0,
                 closed: false,
             }),
             ready: Condvar::new(),
-            capacity,
             len: AtomicUsize::new(0),
         }
     }
@@ -76,24 +70,20 @@ impl<T> JobQueue<T> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admits a job, returning its id, or gives it back with the reason.
-    pub(crate) fn push(&self, job: T) -> Result<u64, (T, Refusal)> {
+    /// Adds a job, returning its id, or gives it back if the queue is
+    /// closed.
+    pub(crate) fn push(&self, job: T) -> Result<u64, T> {
         let mut state = self.lock();
         if state.closed {
-            return Err((job, Refusal::Closed));
-        }
-        // Jobs that parked workers are about to take do not wait, so they
-        // do not count against the capacity.
-        if state.live >= self.capacity + state.idle_workers {
-            return Err((job, Refusal::Full));
+            return Err(job);
         }
         let id = state.next_id;
         state.next_id += 1;
         state.slots.push_back((id, Some(job)));
         state.live += 1;
         self.len.store(state.live, Ordering::Relaxed);
-        // Yielding and busy workers find the job themselves.
-        let wake = state.sleeping_workers > 0;
+        // Busy workers find the job themselves when they come back.
+        let wake = state.sleeping > 0;
         drop(state);
         if wake {
             self.ready.notify_one();
@@ -117,39 +107,49 @@ impl<T> JobQueue<T> {
 
     /// Blocks until a job is available and takes the oldest one; `None` once
     /// the queue is closed and empty.
+    #[cfg(test)]
     pub(crate) fn pop(&self) -> Option<T> {
+        match self.pop_until(None) {
+            Popped::Job(job) => Some(job),
+            Popped::Timeout | Popped::Closed => None,
+        }
+    }
+
+    /// Like [`pop`](Self::pop), but gives up at `until` (when given): a
+    /// worker whose backend is down waits for a job only until it is time
+    /// to start a new backend.
+    pub(crate) fn pop_until(&self, until: Option<Instant>) -> Popped<T> {
         let mut state = self.lock();
         loop {
             while let Some((_, slot)) = state.slots.pop_front() {
                 if let Some(job) = slot {
                     state.live -= 1;
                     self.len.store(state.live, Ordering::Relaxed);
-                    return Some(job);
+                    return Popped::Job(job);
                 }
             }
             if state.closed {
-                return None;
+                return Popped::Closed;
             }
-            // Idle from here until a job is taken: admission counts this
-            // worker whether it is yielding or asleep.
-            state.idle_workers += 1;
-            drop(state);
-            for _ in 0..POP_YIELDS {
-                std::thread::yield_now();
-                if self.len.load(Ordering::Relaxed) > 0 {
-                    break;
-                }
-            }
-            state = self.lock();
-            if state.live == 0 && !state.closed {
-                state.sleeping_workers += 1;
-                state = self
+            state.sleeping += 1;
+            state = match until {
+                None => self
                     .ready
                     .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
-                state.sleeping_workers -= 1;
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(until) => {
+                    let wait = until.saturating_duration_since(Instant::now());
+                    let (state, _) = self
+                        .ready
+                        .wait_timeout(state, wait)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    state
+                }
+            };
+            state.sleeping -= 1;
+            if state.live == 0 && !state.closed && until.is_some_and(|u| Instant::now() >= u) {
+                return Popped::Timeout;
             }
-            state.idle_workers -= 1;
         }
     }
 
@@ -173,24 +173,19 @@ impl<T> JobQueue<T> {
     pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }
-
-    /// The most jobs that may wait.
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::time::Duration;
 
     #[test]
-    fn fifo_with_bounded_capacity() {
-        let queue = JobQueue::new(2);
+    fn fifo_order() {
+        let queue = JobQueue::new();
         queue.push(1).unwrap();
         queue.push(2).unwrap();
-        assert_eq!(queue.push(3).unwrap_err().1, Refusal::Full);
         assert_eq!(queue.pop(), Some(1));
         queue.push(3).unwrap();
         assert_eq!(queue.pop(), Some(2));
@@ -198,18 +193,8 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_worker_takes_one_job_beyond_the_capacity() {
-        let queue = JobQueue::new(1);
-        // A worker in pop with no job, yielding or asleep.
-        queue.lock().idle_workers = 1;
-        queue.push(1).unwrap();
-        queue.push(2).unwrap();
-        assert_eq!(queue.push(3).unwrap_err().1, Refusal::Full);
-    }
-
-    #[test]
     fn removed_job_frees_its_place_and_is_skipped() {
-        let queue = JobQueue::new(2);
+        let queue = JobQueue::new();
         let a = queue.push("a").unwrap();
         queue.push("b").unwrap();
         assert_eq!(queue.remove(a), Some("a"));
@@ -222,25 +207,29 @@ mod tests {
 
     #[test]
     fn dead_slots_are_compacted() {
-        let queue = JobQueue::new(1);
+        let queue = JobQueue::new();
         queue.push(0).unwrap();
-        // A long-running job at the front; many callers come and go behind it.
-        for i in 1..10_000 {
-            let id = queue.push(i).unwrap_err();
-            assert_eq!(id.1, Refusal::Full);
-        }
-        let first = queue.pop().unwrap();
-        assert_eq!(first, 0);
         for i in 0..10_000 {
             let id = queue.push(i).unwrap();
             queue.remove(id).unwrap();
         }
         assert!(queue.lock().slots.len() <= 64 + 2);
+        assert_eq!(queue.pop(), Some(0));
+    }
+
+    #[test]
+    fn pop_until_gives_up_at_the_instant() {
+        let queue: JobQueue<u32> = JobQueue::new();
+        let until = Instant::now() + Duration::from_millis(20);
+        assert_eq!(queue.pop_until(Some(until)), Popped::Timeout);
+        assert!(Instant::now() >= until);
+        queue.push(5).unwrap();
+        assert_eq!(queue.pop_until(Some(until)), Popped::Job(5));
     }
 
     #[test]
     fn close_wakes_idle_workers_after_the_queue_drains() {
-        let queue = Arc::new(JobQueue::new(4));
+        let queue = Arc::new(JobQueue::new());
         queue.push(7).unwrap();
         let worker = {
             let queue = queue.clone();
@@ -253,21 +242,20 @@ mod tests {
             })
         };
         queue.close();
-        assert_eq!(queue.push(8).unwrap_err().1, Refusal::Closed);
+        assert_eq!(queue.push(8), Err(8));
         assert_eq!(worker.join().unwrap(), vec![7]);
     }
 
     #[test]
-    fn zero_capacity_admits_only_for_an_idle_worker() {
-        let queue = Arc::new(JobQueue::new(0));
-        assert_eq!(queue.push(1).unwrap_err().1, Refusal::Full);
+    fn a_push_wakes_a_sleeping_worker() {
+        let queue = Arc::new(JobQueue::new());
         let worker = {
             let queue = queue.clone();
             std::thread::spawn(move || queue.pop())
         };
-        // Wait (bounded) until the worker is parked in pop.
-        for _ in 0..10_000 {
-            if queue.lock().idle_workers == 1 {
+        // Wait (bounded) until the worker sleeps, so the push must wake it.
+        for _ in 0..100_000 {
+            if queue.lock().sleeping == 1 {
                 break;
             }
             std::thread::yield_now();

@@ -13,22 +13,27 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::backend::{
-    Backend, BackendError, BackendErrorKind, CallContext, Completion, Health, TokenSink,
+    Backend, BackendError, BackendErrorKind, CallContext, Completion, GenerateParams, Health,
+    TokenSink,
 };
 use crate::cancel::CancelSignal;
+use crate::deadline::Deadline;
 use crate::error::{Error, Stage};
+use crate::outcome::{Outcome, Timing};
 use crate::pool::Shared;
-use crate::pool::job::{Collect, Forward, Job, Outcome, Reply};
+use crate::pool::job::{Collect, Forward, Job, Reply};
+use crate::pool::queue::Popped;
 
 /// First restart delay after a failure; doubled per further failure.
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest restart delay.
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// How a backend call ended.
-enum Ended {
-    Done(Completion, Option<Instant>),
+/// How a backend call failed.
+enum Failure {
+    /// The backend returned an error.
     Failed(BackendError),
+    /// The backend panicked (with this message).
     Panicked(String),
 }
 
@@ -98,12 +103,12 @@ impl Slot {
         index: usize,
         shared: &Shared,
         cancel: &CancelSignal,
-        deadline: Instant,
+        deadline: &Deadline,
     ) -> Result<(), BackendError> {
         if self.backend.is_some() {
             return Ok(());
         }
-        if self.next_start > deadline || cancel.wait_until(self.next_start) {
+        if self.next_start > deadline.at() || cancel.wait_until(self.next_start) {
             return Err(self.start_error());
         }
         self.start(index, shared);
@@ -126,15 +131,18 @@ impl Slot {
     }
 }
 
-/// Runs jobs until the queue is closed and empty.
+/// Runs jobs until the queue is closed and empty. A worker whose backend
+/// is down starts a new one as soon as its back-off allows, not when the
+/// next call comes, so the model is ready again without a call failing.
 pub(crate) fn run(index: usize, shared: Arc<Shared>) {
     let mut slot = Slot::new();
     slot.start(index, &shared);
-    while let Some(job) = shared.queue.pop() {
-        run_job(index, &shared, &mut slot, job);
-        // Replace a broken backend now, not when the next call comes.
-        if slot.backend.is_none() && Instant::now() >= slot.next_start {
-            slot.start(index, &shared);
+    loop {
+        let restart_at = slot.backend.is_none().then_some(slot.next_start);
+        match shared.queue.pop_until(restart_at) {
+            Popped::Job(job) => run_job(index, &shared, &mut slot, job),
+            Popped::Timeout => slot.start(index, &shared),
+            Popped::Closed => break,
         }
     }
     if slot.backend.take().is_some() {
@@ -148,10 +156,11 @@ fn run_job(index: usize, shared: &Shared, slot: &mut Slot, job: Job) {
         params,
         cancel,
         deadline,
-        timeout_ms,
+        received,
         admitted,
         reply,
         span,
+        _permit,
     } = job;
     let _entered = span.enter();
     let picked = Instant::now();
@@ -159,21 +168,23 @@ fn run_job(index: usize, shared: &Shared, slot: &mut Slot, job: Job) {
         // The caller gave up in the instant before the worker took the job.
         return;
     }
-    let expired = || Error::DeadlineExceeded {
-        model: shared.model.clone(),
-        timeout_ms,
-        stage: Stage::Queued,
-    };
-    if picked >= deadline {
-        reply.finish(Err(expired()));
+    let model = || shared.model.clone();
+    if deadline.expired() {
+        let expired = Error::DeadlineExceeded {
+            model: model(),
+            deadline,
+            stage: Stage::Queued,
+        };
+        reply.finish(Err(expired), &cancel, &deadline);
         return;
     }
-    if let Err(source) = slot.ensure(index, shared, &cancel, deadline) {
+    if let Err(source) = slot.ensure(index, shared, &cancel, &deadline) {
         if !cancel.is_cancelled() {
-            reply.finish(Err(Error::Backend {
-                model: shared.model.clone(),
+            let error = Error::Backend {
+                model: model(),
                 source,
-            }));
+            };
+            reply.finish(Err(error), &cancel, &deadline);
         }
         return;
     }
@@ -183,39 +194,44 @@ fn run_job(index: usize, shared: &Shared, slot: &mut Slot, job: Job) {
     };
 
     shared.calls.fetch_add(1, Ordering::Relaxed);
-    shared.metrics.queue_wait(picked - admitted);
+    let queue_wait = picked - admitted;
+    shared.metrics.queue_wait(queue_wait);
     shared.running.begin(index, &cancel);
     // Generate collects the text; GenerateStream forwards each piece.
     let mut collected = Collect(String::new());
     let mut forward;
-    let (sink, streaming): (&mut dyn TokenSink, bool) = match &reply {
-        Reply::Whole(_) => (&mut collected, false),
+    let sink: &mut dyn TokenSink = match &reply {
+        Reply::Whole(_) => &mut collected,
         Reply::Stream(tx) => {
-            forward = Forward(tx);
-            (&mut forward, true)
+            forward = Forward {
+                tx,
+                cancel: &cancel,
+                deadline: &deadline,
+            };
+            &mut forward
         }
     };
-    let ended = call(
+    let streaming = matches!(reply, Reply::Stream(_));
+    let (ended, first_token) = call(
         backend.as_mut(),
         &params,
         &cancel,
-        deadline,
+        &deadline,
         sink,
         streaming,
     );
-    let text = collected.0;
     let backend_time = shared.running.end(index);
     shared.metrics.backend_call(backend_time);
 
     match &ended {
-        Ended::Panicked(message) => {
+        Err(Failure::Panicked(message)) => {
             tracing::error!(model = %shared.model, worker = index, panic = %message, "backend panicked");
             shared.metrics.panicked();
             slot.retire(index, shared, "panic");
         }
         _ => match backend.health() {
             Health::Healthy => {
-                if matches!(ended, Ended::Done(..)) {
+                if ended.is_ok() {
                     slot.failures = 0;
                 }
             }
@@ -226,7 +242,7 @@ fn run_job(index: usize, shared: &Shared, slot: &mut Slot, job: Job) {
     if cancel.is_cancelled() {
         if shared.aborted.load(Ordering::Acquire) {
             // Cut off by a shutdown whose grace ran out: the caller waits.
-            reply.finish(Err(Error::ShuttingDown));
+            reply.finish(Err(Error::ShuttingDown), &cancel, &deadline);
         } else {
             // The caller went away or timed out, and has already answered.
             tracing::debug!(model = %shared.model, "discarding the result of a cancelled call");
@@ -234,51 +250,56 @@ fn run_job(index: usize, shared: &Shared, slot: &mut Slot, job: Job) {
         return;
     }
     let result = match ended {
-        Ended::Done(completion, first_token) => {
+        Ok(completion) => {
+            shared.estimate.observe(backend_time);
             shared
                 .metrics
                 .tokens(completion.prompt_tokens, completion.completion_tokens);
             Ok(Outcome {
-                text,
+                text: collected.0,
                 completion,
-                queue_wait: picked - admitted,
-                backend_time,
-                first_token,
+                timing: Timing {
+                    queue_wait,
+                    backend: backend_time,
+                    total: Duration::ZERO,
+                    first_token: first_token.map(|t| t.saturating_duration_since(received)),
+                },
             })
         }
-        // A backend that gave up because the deadline came (its `sleep` or
-        // its I/O timeout ran out) failed because of the deadline.
-        Ended::Failed(_) if Instant::now() >= deadline => Err(Error::DeadlineExceeded {
-            model: shared.model.clone(),
-            timeout_ms,
+        // A backend that gave up because the deadline came (its `sleep`, its
+        // I/O timeout, or a client not reading ran out) failed because of
+        // the deadline.
+        Err(Failure::Failed(_)) if deadline.expired() => Err(Error::DeadlineExceeded {
+            model: model(),
+            deadline,
             stage: Stage::Running,
         }),
-        Ended::Failed(source) => Err(Error::Backend {
-            model: shared.model.clone(),
+        Err(Failure::Failed(source)) => Err(Error::Backend {
+            model: model(),
             source,
         }),
-        Ended::Panicked(_) => Err(Error::BackendPanic {
-            model: shared.model.clone(),
-        }),
+        Err(Failure::Panicked(_)) => Err(Error::BackendPanic { model: model() }),
     };
-    reply.finish(result);
+    reply.finish(result, &cancel, &deadline);
 }
 
-/// One backend call, with panics caught.
+/// One backend call, with panics caught; also returns when the first piece
+/// of text was emitted.
 fn call(
     backend: &mut dyn Backend,
-    params: &crate::backend::GenerateParams,
+    params: &GenerateParams,
     cancel: &CancelSignal,
-    deadline: Instant,
+    deadline: &Deadline,
     sink: &mut dyn TokenSink,
     streaming: bool,
-) -> Ended {
-    let mut ctx = CallContext::new(cancel, deadline, sink).with_streaming(streaming);
-    match catch_unwind(AssertUnwindSafe(|| backend.generate(params, &mut ctx))) {
-        Ok(Ok(completion)) => Ended::Done(completion, ctx.first_token_at()),
-        Ok(Err(error)) => Ended::Failed(error),
-        Err(payload) => Ended::Panicked(panic_message(payload.as_ref())),
-    }
+) -> (Result<Completion, Failure>, Option<Instant>) {
+    let mut ctx = CallContext::new(cancel, deadline.at(), sink).with_streaming(streaming);
+    let ended = match catch_unwind(AssertUnwindSafe(|| backend.generate(params, &mut ctx))) {
+        Ok(Ok(completion)) => Ok(completion),
+        Ok(Err(error)) => Err(Failure::Failed(error)),
+        Err(payload) => Err(Failure::Panicked(panic_message(payload.as_ref()))),
+    };
+    (ended, ctx.first_token_at())
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
