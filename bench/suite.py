@@ -79,7 +79,7 @@ class Servers:
 
 def model(name, latency_ms, workers, queue, mode="sleep"):
     return (f'[[models]]\nname = "{name}"\nbackend = "simulated"\nworkers = {workers}\n'
-            f'queue_capacity = {queue}\ntimeout_ms = 600000\n'
+            f'queue_capacity = {queue}\ntimeout_ms = 600000\nmax_timeout_ms = 600000\n'
             f'[models.simulated]\nlatency_ms = {latency_ms}\nmode = "{mode}"\n')
 
 

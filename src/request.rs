@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::backend::{ChatMessage, GenerateParams, Input};
 use crate::config::ModelConfig;
-use crate::error::Error;
+use crate::error::{Error, quote};
 use crate::proto;
 
 /// Most stop strings a request may carry.
@@ -101,7 +101,7 @@ fn chat_messages(messages: Vec<proto::Message>) -> Result<Vec<ChatMessage>, Erro
             if !ROLES.contains(&m.role.as_str()) {
                 return Err(Error::invalid(
                     format!("messages[{i}].role"),
-                    format!("\"{}\" is not one of {}", m.role, ROLES.join(", ")),
+                    format!("{} is not one of {}", quote(&m.role), ROLES.join(", ")),
                 ));
             }
             Ok(ChatMessage {

@@ -195,3 +195,32 @@ async fn every_answer_carries_the_request_id() {
         .expect("stream");
     assert!(stream.metadata().get("x-request-id").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_model_name_is_quoted_short() {
+    let server = TestServer::start(&simulated("alpha", 0, 1, 1)).await;
+    let name = "n".repeat(1_000_000);
+    let status = server
+        .client()
+        .await
+        .generate(request(&name, "hi"))
+        .await
+        .expect_err("unknown model");
+    assert_eq!(status.code(), Code::NotFound);
+    let message = status.message();
+    assert!(message.len() < 1_000, "{} bytes", message.len());
+    assert!(message.contains("1000000 bytes in all"), "{message}");
+    assert!(message.contains("alpha"), "{message}");
+    // The message says what failed, where, and which call it was.
+    assert!(
+        message.starts_with("NOT_FOUND (stage admission)"),
+        "{message}"
+    );
+    let id = status
+        .metadata()
+        .get("x-request-id")
+        .expect("request id")
+        .to_str()
+        .expect("ascii");
+    assert!(message.contains(&format!("[request {id}]")), "{message}");
+}

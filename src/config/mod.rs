@@ -476,6 +476,42 @@ mod tests {
     }
 
     #[test]
+    fn durations_and_sizes_have_upper_bounds() {
+        let model = "[[models]]\nname = \"a\"\nbackend = \"simulated\"\n";
+        let cases = [
+            (
+                "[server]\nshutdown_grace_seconds = 18446744073709551615\n",
+                "server.shutdown_grace_seconds",
+            ),
+            (
+                "[server]\nmax_message_bytes = 100000000000\n",
+                "server.max_message_bytes",
+            ),
+            ("timeout_ms = 90000000000\n", "models[0].timeout_ms"),
+            ("max_timeout_ms = 90000000000\n", "models[0].max_timeout_ms"),
+            (
+                "timeout_ms = 2000\nmax_timeout_ms = 1000\n",
+                "models[0].timeout_ms",
+            ),
+            ("max_tokens = 4000000000\n", "models[0].max_tokens"),
+            (
+                "[models.simulated]\nlatency_ms = 18446744073709551615\n",
+                "models[0].simulated.latency_ms",
+            ),
+        ];
+        for (extra, key) in cases {
+            let text = if extra.starts_with("[server]") {
+                format!("{extra}{model}")
+            } else {
+                format!("{model}{extra}")
+            };
+            let e = error(&text);
+            assert_eq!(e.key.as_deref(), Some(key), "{text}\n{e}");
+            assert!(e.message.contains("between"), "{e}");
+        }
+    }
+
+    #[test]
     fn bad_model_name_is_refused() {
         let e = error("[[models]]\nname = \"a b\"\nbackend = \"simulated\"\n");
         assert_eq!(e.key.as_deref(), Some("models[0].name"));
