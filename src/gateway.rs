@@ -33,6 +33,9 @@ use crate::stream::GenerationStream;
 /// worker waits (up to the deadline) for the client to read.
 const STREAM_BUFFER: usize = 32;
 
+/// How often shutdown checks whether the worker threads have ended.
+const WORKER_EXIT_POLL: Duration = Duration::from_millis(10);
+
 /// A model: its configuration and its pool.
 pub struct Model {
     /// The model's configuration.
@@ -339,6 +342,20 @@ impl Gateway {
     /// Resolves once shutdown has begun and every call has ended.
     pub async fn drained(&self) {
         self.tracker.wait().await;
+    }
+
+    /// Resolves once every worker thread has ended (after
+    /// [`begin_shutdown`](Self::begin_shutdown)), or at `until`; returns how
+    /// many are still running. Ended workers have dropped their backends,
+    /// so their worker processes are gone.
+    pub async fn workers_stopped(&self, until: Instant) -> usize {
+        loop {
+            let alive: usize = self.models.iter().map(|m| m.pool.threads_alive()).sum();
+            if alive == 0 || Instant::now() >= until {
+                return alive;
+            }
+            tokio::time::sleep(WORKER_EXIT_POLL).await;
+        }
     }
 
     /// Ends every call now (the grace ran out): returns how many were

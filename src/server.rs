@@ -37,6 +37,10 @@ const CONNECTION_CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// How long calls cut off at the end of the grace get to send their error.
 const ABORT_WAIT: Duration = Duration::from_secs(1);
 
+/// The least time worker threads get to end after the drain (a cut-off
+/// call's backend needs a moment to notice and stop).
+const WORKER_EXIT_WAIT: Duration = Duration::from_secs(2);
+
 /// How often models' health is brought in step with their pools.
 const HEALTH_POLL: Duration = Duration::from_secs(1);
 
@@ -164,6 +168,7 @@ pub async fn run(
     gateway.begin_shutdown();
     set_health(&health, &gateway, ServingStatus::NotServing).await;
 
+    let grace_ends = std::time::Instant::now() + config.shutdown_grace();
     let drain = async {
         if tokio::time::timeout(config.shutdown_grace(), gateway.drained())
             .await
@@ -178,6 +183,13 @@ pub async fn run(
             let _ = tokio::time::timeout(ABORT_WAIT, gateway.drained()).await;
         } else {
             tracing::info!("all calls finished");
+        }
+        // The workers end once their calls do; wait for them (and so for
+        // their backends and worker processes) within the grace.
+        let until = grace_ends.max(std::time::Instant::now() + WORKER_EXIT_WAIT);
+        let alive = gateway.workers_stopped(until).await;
+        if alive > 0 {
+            tracing::warn!(alive, "worker threads still in a backend call at exit");
         }
         stop.cancel();
     };

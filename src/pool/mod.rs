@@ -43,6 +43,9 @@ use running::Running;
 /// A model's pool of worker threads and the queue in front of it.
 pub(crate) struct WorkerPool {
     shared: Arc<Shared>,
+    /// The worker threads, so shutdown can tell when they have all ended
+    /// (and with them every backend, worker processes included).
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// State shared by the pool's handle, its workers and its tickets.
@@ -96,18 +99,22 @@ impl WorkerPool {
             aborted: AtomicBool::new(false),
             metrics: Arc::new(ModelMetrics::new(model)),
         });
+        let mut threads = Vec::with_capacity(workers);
         for index in 0..workers {
             let worker_shared = shared.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("{model}-{index}"))
                 .spawn(move || worker::run(index, worker_shared));
-            if let Err(e) = spawned {
-                // Let the threads already started finish and exit.
-                shared.queue.close();
-                return Err(e);
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    // Let the threads already started finish and exit.
+                    shared.queue.close();
+                    return Err(e);
+                }
             }
         }
-        Ok(WorkerPool { shared })
+        Ok(WorkerPool { shared, threads })
     }
 
     /// The model's metric handles.
@@ -195,6 +202,12 @@ impl WorkerPool {
     pub(crate) fn close(&self) {
         self.shared.admission.close();
         self.shared.queue.close();
+    }
+
+    /// Worker threads that have not ended yet (after `close`, each ends once
+    /// the queue is empty and its call, if any, is over).
+    pub(crate) fn threads_alive(&self) -> usize {
+        self.threads.iter().filter(|t| !t.is_finished()).count()
     }
 
     /// Ends every call now: queued ones get UNAVAILABLE, running ones are
