@@ -3,7 +3,10 @@
 
 use std::collections::HashSet;
 
-use crate::config::{BackendKind, Config, MAX_QUEUE_CAPACITY, MAX_WORKERS, ModelConfig};
+use crate::config::{
+    BackendKind, Config, MAX_HEALTH_INTERVAL_MS, MAX_QUEUE_CAPACITY, MAX_WORKERS,
+    MIN_HEALTH_INTERVAL_MS, ModelConfig, redact_url,
+};
 
 impl Config {
     /// Checks what the types cannot: ranges, uniqueness, matching sections.
@@ -122,7 +125,10 @@ fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, St
             {
                 return Err((
                     "openai.base_url",
-                    format!("\"{}\" is not an http:// or https:// URL", openai.base_url),
+                    format!(
+                        "\"{}\" is not an http:// or https:// URL",
+                        redact_url(&openai.base_url)
+                    ),
                 ));
             }
             if let Some(var) = &openai.api_key_env {
@@ -141,6 +147,17 @@ fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, St
             }
             if openai.connect_timeout_ms == 0 || openai.read_timeout_ms == 0 {
                 return Err(("openai", "timeouts must be at least 1 ms".into()));
+            }
+            if !(MIN_HEALTH_INTERVAL_MS..=MAX_HEALTH_INTERVAL_MS)
+                .contains(&openai.health_interval_ms)
+            {
+                return Err((
+                    "openai.health_interval_ms",
+                    format!(
+                        "must be between {MIN_HEALTH_INTERVAL_MS} and {MAX_HEALTH_INTERVAL_MS}, got {}",
+                        openai.health_interval_ms
+                    ),
+                ));
             }
         }
     }
