@@ -19,7 +19,8 @@
 //! - [`backend`]: the synchronous `Backend` trait and the shipped backends
 //! - [`cancel`]: a cancel signal synchronous code can wait on
 //! - [`error`]: the error type and its status codes
-//! - [`message_limit`]: oversized requests → RESOURCE_EXHAUSTED
+//! - [`status_fix`]: oversized requests → RESOURCE_EXHAUSTED, undecodable
+//!   ones → INVALID_ARGUMENT
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint
 //! - [`bench`]: `infergate bench`, the ghz-compatible load generator
 //! - [`cli`]: the command line
@@ -31,13 +32,13 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod gateway;
-pub mod message_limit;
 pub mod metrics;
 pub mod pool;
 pub(crate) mod record;
 pub mod request;
 pub mod server;
 pub mod service;
+pub mod status_fix;
 pub mod stream;
 
 /// The generated messages, server and client of `infergate.v1`.
