@@ -244,3 +244,66 @@ fn send(request: &Request) -> Result<ureq::http::Response<ureq::Body>, ureq::Err
     }
     builder.send(request.body.as_str())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback server that accepts connections and never answers.
+    fn hung_upstream() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            // Bounded: each test makes one connection or two.
+            let held: Vec<_> = listener.incoming().take(8).collect();
+            drop(held);
+        });
+        format!("http://{addr}/v1/chat/completions")
+    }
+
+    fn request(url: String, deadline: Instant) -> Request {
+        Request {
+            agent: ureq::Agent::new_with_defaults(),
+            url,
+            authorization: None,
+            body: "{}".into(),
+            streaming: false,
+            deadline,
+        }
+    }
+
+    /// Polls (bounded) until the count is `n`.
+    fn wait_for_count(count: &AtomicUsize, n: usize) {
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while count.load(Ordering::Acquire) != n {
+            assert!(Instant::now() < give_up, "the count stayed at {count:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_helper_left_behind_is_counted_until_its_deadline_ends_it() {
+        let abandoned = Arc::new(AtomicUsize::new(0));
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let exchange =
+            Exchange::start(request(hung_upstream(), deadline), &abandoned, "t".into()).unwrap();
+        drop(exchange);
+        assert_eq!(abandoned.load(Ordering::Acquire), 1);
+        // The helper's own timeout (the deadline) ends it.
+        wait_for_count(&abandoned, 0);
+    }
+
+    #[test]
+    fn beyond_the_cap_a_worker_waits_for_its_helper() {
+        let abandoned = Arc::new(AtomicUsize::new(MAX_ABANDONED));
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let exchange =
+            Exchange::start(request(hung_upstream(), deadline), &abandoned, "t".into()).unwrap();
+        drop(exchange);
+        // Dropping waited for the helper: nothing more was left behind, and
+        // the wait ended with the helper, at the deadline.
+        assert!(Instant::now() + Duration::from_millis(50) >= deadline);
+        assert!(Instant::now() < deadline + HELPER_GRACE);
+        assert_eq!(abandoned.load(Ordering::Acquire), MAX_ABANDONED);
+    }
+}

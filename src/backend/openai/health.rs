@@ -136,3 +136,50 @@ fn probe(target: &ProbeTarget, timeout: Duration) -> Result<u16, String> {
         Err(error) => Err(target.secrets.scrub(&format!("the probe failed: {error}"))),
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// Whether a thread of this process has this name.
+    fn thread_named(name: &str) -> bool {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == name)
+            })
+    }
+
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < give_up, "never: {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn the_probe_marks_a_dead_upstream_down_and_stops_with_its_owner() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let health = Arc::new(UpstreamHealth::new("hp1", "upstream"));
+        let target = ProbeTarget {
+            agent: ureq::Agent::new_with_defaults(),
+            url: format!("http://{closed}/v1/models"),
+            authorization: None,
+            secrets: Secrets::default(),
+            interval: Duration::from_millis(100),
+        };
+        let prober = Prober::start(target, health.clone()).unwrap();
+        wait_until("the upstream is down", || !health.is_up());
+        assert!(thread_named("hp1-probe"));
+        drop(prober);
+        wait_until("the probe thread ended", || !thread_named("hp1-probe"));
+    }
+}
