@@ -161,7 +161,8 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::from_file(file) {
         Ok(config) => {
             println!("# {}: valid; the effective configuration:", file.display());
-            print!("{}", config.to_toml());
+            // Credentials in URLs are printed as `***`.
+            print!("{}", config.redacted().to_toml());
             ExitCode::SUCCESS
         }
         Err(e) => config_error(&e),

@@ -27,7 +27,8 @@
 //! - [`backend`]: the synchronous `Backend` trait and the shipped backends
 //! - [`cancel`]: a cancel signal synchronous code can wait on
 //! - [`error`]: the error type and its status codes
-//! - [`message_limit`]: oversized requests → RESOURCE_EXHAUSTED
+//! - [`status_fix`]: oversized requests → RESOURCE_EXHAUSTED, undecodable
+//!   ones → INVALID_ARGUMENT
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint
 //! - [`bench`]: `infergate bench`, the ghz-compatible load generator
 //! - [`cli`]: the command line
@@ -40,7 +41,6 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod gateway;
-pub(crate) mod message_limit;
 pub mod metrics;
 pub mod outcome;
 pub(crate) mod pool;
@@ -48,6 +48,7 @@ pub(crate) mod record;
 pub(crate) mod request;
 pub mod server;
 pub(crate) mod service;
+pub(crate) mod status_fix;
 pub(crate) mod stream;
 
 /// The generated messages, server and client of `infergate.v1`.

@@ -23,11 +23,11 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::{Config, ServerConfig};
 use crate::gateway::Gateway;
-use crate::message_limit::OversizeAsResourceExhausted;
 use crate::metrics;
 use crate::proto;
 use crate::proto::inference_server::InferenceServer;
 use crate::service::InferenceService;
+use crate::status_fix::FixStatus;
 
 /// How long connections get, after the calls have drained, to deliver their
 /// last answers before the server stops waiting for them (health Watch
@@ -149,7 +149,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(OversizeAsResourceExhausted::new(inference))
+        .add_service(FixStatus::new(inference))
         .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
     tokio::pin!(server);
 

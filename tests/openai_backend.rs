@@ -1,6 +1,8 @@
 //! The OpenAI-compatible backend against a fake OpenAI server started by
 //! the test on loopback: chat completions with and without `stream: true`,
-//! error statuses, slow responses, and a client that leaves mid-stream.
+//! error statuses (safe messages, details only in the log), slow and hung
+//! upstreams, clients that leave, credentials in the URL, and health that
+//! follows the upstream.
 
 mod common;
 
@@ -24,6 +26,9 @@ use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 const KEY: &str = "test-key";
 
@@ -36,12 +41,19 @@ struct Seen {
 }
 
 /// An OpenAI-compatible server on loopback. The last message decides the
-/// answer: `status N` answers HTTP N; `slow MS` waits first; anything else
-/// is echoed (streamed word by word, 30 ms apart, when asked to stream).
+/// answer: `status N` answers HTTP N; `slow MS` waits first; `hang` never
+/// answers; anything else is echoed (streamed word by word, 30 ms apart,
+/// when asked to stream). A wrong key gets a 401 that quotes it, as some
+/// servers do. `GET /v1/models` answers 200 (the health probe).
 async fn fake_openai() -> (SocketAddr, Arc<Seen>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
+    fake_openai_on(listener)
+}
+
+/// The fake server on a given listener.
+fn fake_openai_on(listener: tokio::net::TcpListener) -> (SocketAddr, Arc<Seen>) {
     let addr = listener.local_addr().expect("addr");
     let seen = Arc::new(Seen::default());
     let state = seen.clone();
@@ -74,17 +86,22 @@ fn json_response(status: u16, value: Value) -> Response<Body> {
 }
 
 async fn answer(req: Request<Incoming>, seen: Arc<Seen>) -> Result<Response<Body>, Infallible> {
+    if req.uri().path() == "/v1/models" {
+        return Ok(json_response(200, json!({"object": "list", "data": []})));
+    }
     if req.uri().path() != "/v1/chat/completions" {
         return Ok(json_response(
             404,
             json!({"error": {"message": "no such route"}}),
         ));
     }
-    let authorized = req
+    let authorization = req
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        == Some("Bearer test-key");
+        .unwrap_or_default()
+        .to_string();
+    let authorized = authorization == "Bearer test-key";
     let body = req
         .into_body()
         .collect()
@@ -96,7 +113,10 @@ async fn answer(req: Request<Incoming>, seen: Arc<Seen>) -> Result<Response<Body
     if !authorized {
         return Ok(json_response(
             401,
-            json!({"error": {"message": "Incorrect API key provided"}}),
+            json!({"error": {"message": format!(
+                "Incorrect API key provided: {}",
+                authorization.trim_start_matches("Bearer ")
+            )}}),
         ));
     }
     let last = body["messages"]
@@ -115,6 +135,7 @@ async fn answer(req: Request<Incoming>, seen: Arc<Seen>) -> Result<Response<Body
             ));
         }
         "slow" => tokio::time::sleep(Duration::from_millis(argument.parse().unwrap_or(0))).await,
+        "hang" => std::future::pending::<()>().await,
         _ => {}
     }
     if body["stream"] != true {
@@ -158,19 +179,22 @@ async fn answer(req: Request<Incoming>, seen: Arc<Seen>) -> Result<Response<Body
 
 fn openai_config(base_url: String) -> OpenAiConfig {
     OpenAiConfig {
-        base_url,
         model: Some("upstream-model".into()),
-        api_key_env: None,
         connect_timeout_ms: 1000,
         read_timeout_ms: 5000,
+        ..OpenAiConfig::new(base_url)
     }
 }
 
 /// A gateway with model "gpt" on the given upstream, with this API key.
 async fn gateway_for(base_url: String, key: Option<&str>) -> TestServer {
+    gateway_with(openai_config(base_url), key, 4).await
+}
+
+/// A gateway with model "gpt" of `workers` workers on this upstream.
+async fn gateway_with(config: OpenAiConfig, key: Option<&str>, workers: usize) -> TestServer {
     let mut model = ModelConfig::new("gpt", BackendKind::Openai);
-    model.workers = 4;
-    let config = openai_config(base_url);
+    model.workers = workers;
     let factory = OpenAiFactory::new("gpt", &config, key.map(str::to_string));
     model.openai = Some(config);
     let gateway = Gateway::builder()
@@ -272,15 +296,17 @@ async fn generate_stream_forwards_each_delta_as_it_arrives() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_errors_map_to_grpc_codes_with_the_upstream_message() {
+async fn http_errors_map_to_grpc_codes_without_the_upstream_message() {
     let (upstream, _seen) = fake_openai().await;
     let server = gateway_for(format!("http://{upstream}/v1"), Some(KEY)).await;
     let mut client = server.client().await;
     for (status, code) in [
         (429, Code::ResourceExhausted),
-        (403, Code::PermissionDenied),
+        (401, Code::Unavailable),
+        (403, Code::Unavailable),
         (400, Code::InvalidArgument),
-        (404, Code::InvalidArgument),
+        (422, Code::InvalidArgument),
+        (404, Code::Unavailable),
         (500, Code::Unavailable),
         (503, Code::Unavailable),
     ] {
@@ -289,13 +315,10 @@ async fn http_errors_map_to_grpc_codes_with_the_upstream_message() {
             .await
             .expect_err("error");
         assert_eq!(error.code(), code, "HTTP {status}: {error:?}");
-        assert!(
-            error
-                .message()
-                .contains(&format!("fake upstream says {status}")),
-            "{}",
-            error.message()
-        );
+        let message = error.message();
+        assert!(message.contains(&format!("HTTP {status}")), "{message}");
+        assert!(message.contains("\"gpt\""), "names the model: {message}");
+        assert!(!message.contains("fake upstream says"), "{message}");
         // Streams map the same way.
         let error = client
             .generate_stream(request("gpt", &format!("status {status}")))
@@ -307,30 +330,87 @@ async fn http_errors_map_to_grpc_codes_with_the_upstream_message() {
             .expect("an item")
             .expect_err("error");
         assert_eq!(error.code(), code, "stream, HTTP {status}");
+        assert!(!error.message().contains("fake upstream says"));
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_key_is_unauthenticated() {
+async fn an_upstream_401_is_unavailable_and_its_body_goes_only_to_the_log() {
+    let log = log::capture();
     let (upstream, _seen) = fake_openai().await;
-    let server = gateway_for(format!("http://{upstream}/v1"), Some("wrong")).await;
-    let error = server
-        .client()
-        .await
-        .generate(request("gpt", "hi"))
-        .await
-        .expect_err("401");
-    assert_eq!(error.code(), Code::Unauthenticated);
+    let secret = "sk-wrong-0123456789abcdef";
+    let server = gateway_for(format!("http://{upstream}/v1"), Some(secret)).await;
+    let mut call = tonic::Request::new(request("gpt", "hi"));
+    call.metadata_mut()
+        .insert("x-request-id", "req-upstream-401".parse().expect("ascii"));
+    let error = server.client().await.generate(call).await.expect_err("401");
+    // The gateway's key is wrong, not the client's.
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    let everything = format!("{} {:?}", error.message(), error.metadata());
+    assert!(!everything.contains(secret), "the key leaked: {everything}");
+    assert!(!everything.contains("Incorrect API key"), "{everything}");
+    assert!(error.message().contains("HTTP 401"), "{}", error.message());
+
+    // The operator finds the upstream's words at warn, with the request
+    // id, and without the key.
+    let line = log
+        .wait_for_line(|l| l.contains("Incorrect API key provided"))
+        .await;
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("req-upstream-401"), "{line}");
+    assert!(!line.contains(secret), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_the_base_url_never_reach_a_client_or_the_log() {
+    let log = log::capture();
+    let password = "hunter2-in-the-url";
+    // Down: a port with nothing listening. Up: the fake, which refuses
+    // Basic auth with a 401.
+    let closed = closed_port();
+    let (upstream, _seen) = fake_openai().await;
+    for addr in [closed, upstream] {
+        let base_url = format!("http://bob:{password}@{addr}/v1");
+        let server = gateway_for(base_url, None).await;
+        let mut client = server.client().await;
+        for streaming in [false, true] {
+            let error = if streaming {
+                match client.generate_stream(request("gpt", "hi")).await {
+                    Ok(stream) => stream
+                        .into_inner()
+                        .next()
+                        .await
+                        .expect("an item")
+                        .expect_err("fails"),
+                    Err(error) => error,
+                }
+            } else {
+                client
+                    .generate(request("gpt", "hi"))
+                    .await
+                    .expect_err("fails")
+            };
+            assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+            let everything = format!("{} {:?}", error.message(), error.metadata());
+            assert!(!everything.contains(password), "{everything}");
+        }
+    }
+    let line = log
+        .wait_for_line(|l| l.contains("the request to the upstream failed"))
+        .await;
+    assert!(line.contains("bob:***@"), "{line}");
     assert!(
-        error.message().contains("Incorrect API key"),
-        "{}",
-        error.message()
+        !log.text().contains(password),
+        "the password reached the log"
     );
-    assert!(
-        !error.message().contains("wrong"),
-        "the key leaked: {}",
-        error.message()
-    );
+}
+
+/// A loopback port with nothing listening on it.
+fn closed_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,11 +440,7 @@ async fn slow_upstreams_meet_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_is_unavailable() {
-    // A port with nothing listening.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let closed = closed_port();
     let server = gateway_for(format!("http://{closed}/v1"), Some(KEY)).await;
     let error = server
         .client()
@@ -374,10 +450,159 @@ async fn an_unreachable_upstream_is_unavailable() {
         .expect_err("refused");
     assert_eq!(error.code(), Code::Unavailable, "{error:?}");
     assert!(
-        error.message().contains(&closed.to_string()),
+        error.message().contains("cannot be reached"),
         "{}",
         error.message()
     );
+    // Where the upstream lives is the operator's business.
+    assert!(!error.message().contains(&closed.to_string()));
+}
+
+/// Accepts connections and holds them without reading or answering.
+async fn hung_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        // Bounded: a test makes a handful of connections.
+        while held.len() < 64 {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_upstream_frees_the_worker_at_the_deadline() {
+    let upstream = hung_upstream().await;
+    let config = OpenAiConfig {
+        read_timeout_ms: 60_000,
+        ..openai_config(format!("http://{upstream}/v1"))
+    };
+    let server = gateway_with(config, Some(KEY), 1).await;
+    let mut client = server.client().await;
+    let deadline = Duration::from_secs(1);
+    let start = Instant::now();
+    let error = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.generate(with_timeout(request("gpt", "hi"), deadline)),
+    )
+    .await
+    .expect("an answer")
+    .expect_err("hung");
+    assert_eq!(error.code(), Code::DeadlineExceeded, "{error:?}");
+    // Within 1 s of the deadline the only worker is free.
+    server.wait_for("gpt", |m| m.busy_workers == 0).await;
+    let freed = start.elapsed();
+    assert!(freed < deadline + Duration::from_secs(1), "{freed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_frees_the_worker_at_once() {
+    let (upstream, _seen) = fake_openai().await;
+    // The upstream would hold the call for the model's 60 s.
+    let config = OpenAiConfig {
+        read_timeout_ms: 60_000,
+        ..openai_config(format!("http://{upstream}/v1"))
+    };
+    let server = gateway_with(config, Some(KEY), 1).await;
+    let client = server.client().await;
+    for streaming in [false, true] {
+        let call = {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                if streaming {
+                    let mut stream = client
+                        .generate_stream(request("gpt", "hang"))
+                        .await?
+                        .into_inner();
+                    while stream.message().await?.is_some() {}
+                } else {
+                    client.generate(request("gpt", "hang")).await?;
+                }
+                Ok::<(), tonic::Status>(())
+            })
+        };
+        server.wait_for("gpt", |m| m.busy_workers == 1).await;
+        let left = Instant::now();
+        call.abort();
+        // The next call on the one worker is served promptly.
+        let mut next = client.clone();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            next.generate(request("gpt", "after")),
+        )
+        .await
+        .expect("an answer")
+        .expect("served");
+        assert_eq!(answer.into_inner().text, "echo: after");
+        let waited = left.elapsed();
+        assert!(
+            waited < Duration::from_secs(1),
+            "streaming={streaming}: {waited:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_upstream() {
+    // The upstream's port, free for now: the upstream is down.
+    let addr = closed_port();
+    let config = OpenAiConfig {
+        health_interval_ms: 100,
+        ..openai_config(format!("http://{addr}/v1"))
+    };
+    let server = gateway_with(config, Some(KEY), 2).await;
+    let mut health = HealthClient::new(server.channel().await);
+    wait_for_health(&mut health, "gpt", ServingStatus::NotServing).await;
+    assert_eq!(server.model_info("gpt").await.ready_workers, 0);
+
+    // It comes up on that port.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("the port is still free");
+    let _upstream = fake_openai_on(listener);
+    wait_for_health(&mut health, "gpt", ServingStatus::Serving).await;
+    assert_eq!(server.model_info("gpt").await.ready_workers, 2);
+    let answer = server
+        .client()
+        .await
+        .generate(request("gpt", "back"))
+        .await
+        .expect("served");
+    assert_eq!(answer.into_inner().text, "echo: back");
+}
+
+/// Polls grpc.health.v1 Check (bounded) until the service has `status`.
+async fn wait_for_health(
+    health: &mut HealthClient<tonic::transport::Channel>,
+    service: &str,
+    status: ServingStatus,
+) {
+    let give_up = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status;
+        if now == status as i32 {
+            return;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "{service} never became {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -404,4 +629,66 @@ async fn a_client_that_leaves_mid_stream_closes_the_upstream_stream() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.wait_for("gpt", |m| m.busy_workers == 0).await;
+}
+
+/// The log of this test binary, captured at debug level (request spans
+/// included) so that tests can check what reaches it.
+mod log {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    #[derive(Clone, Default)]
+    pub struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Log {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Installs the capture (once per test binary) and returns it.
+    pub fn capture() -> Log {
+        static LOG: OnceLock<Log> = OnceLock::new();
+        LOG.get_or_init(|| {
+            let log = Log::default();
+            let writer = log.clone();
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .with_writer(move || writer.clone())
+                .init();
+            log
+        })
+        .clone()
+    }
+
+    impl Log {
+        pub fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+        }
+
+        /// The first line that matches, waiting (bounded) for it.
+        pub async fn wait_for_line(&self, matches: impl Fn(&str) -> bool) -> String {
+            let give_up = Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(line) = self.text().lines().find(|l| matches(l)) {
+                    return line.to_string();
+                }
+                assert!(
+                    Instant::now() < give_up,
+                    "no such log line:\n{}",
+                    self.text()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
 }

@@ -296,6 +296,13 @@ pub trait BackendFactory: Send + Sync {
     /// Makes the backend for worker `worker`. Called on that worker's
     /// thread at start-up, and again after the backend panicked.
     fn create(&self, worker: usize) -> Result<Box<dyn Backend>, BackendError>;
+
+    /// Whether what the backends depend on is up (e.g. a remote server);
+    /// while it is not, the model reports no ready worker and turns
+    /// NOT_SERVING. Must be cheap: it is read on every stats snapshot.
+    fn is_up(&self) -> bool {
+        true
+    }
 }
 
 /// Counts whitespace-separated words: the token count of backends that have

@@ -7,6 +7,7 @@
 //! clear line instead of failing later under load.
 
 mod error;
+mod redact;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
 use error::{line_of_model_key, parse_error};
+pub use redact::{redact_url, url_secret};
 pub(crate) use validate::validate_model_name;
 
 /// The configuration used when `serve` is given no `--config`: simulated
@@ -257,6 +259,12 @@ pub const DEFAULT_CANCEL_GRACE_MS: u64 = 1000;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default longest silence while reading an OpenAI response.
 pub const DEFAULT_READ_TIMEOUT_MS: u64 = 60_000;
+/// Default time between two probes of an OpenAI-compatible upstream.
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 10_000;
+/// Shortest probe interval: a probe is one HTTP request to the upstream.
+pub const MIN_HEALTH_INTERVAL_MS: u64 = 100;
+/// Longest probe interval (one hour).
+pub const MAX_HEALTH_INTERVAL_MS: u64 = 3_600_000;
 
 /// The `[models.process]` table: how to start one worker process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -277,7 +285,9 @@ pub struct ProcessConfig {
 }
 
 /// The `[models.openai]` table: an OpenAI-compatible server.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// `Debug` is written by hand: `base_url` may carry `user:password@`.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiConfig {
     /// The server's base URL, with or without the trailing `/v1`, e.g.
@@ -296,6 +306,37 @@ pub struct OpenAiConfig {
     /// piece of it); the call's deadline bounds the whole call as well.
     #[serde(default = "default_read_timeout_ms")]
     pub read_timeout_ms: u64,
+    /// Time between two probes (`GET {base_url}/models`) of the upstream;
+    /// the model is NOT_SERVING while the upstream cannot be reached.
+    #[serde(default = "default_health_interval_ms")]
+    pub health_interval_ms: u64,
+}
+
+impl OpenAiConfig {
+    /// An upstream at `base_url`, every other setting at its default.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        OpenAiConfig {
+            base_url: base_url.into(),
+            model: None,
+            api_key_env: None,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            read_timeout_ms: DEFAULT_READ_TIMEOUT_MS,
+            health_interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
+        }
+    }
+}
+
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("base_url", &redact_url(&self.base_url))
+            .field("model", &self.model)
+            .field("api_key_env", &self.api_key_env)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("read_timeout_ms", &self.read_timeout_ms)
+            .field("health_interval_ms", &self.health_interval_ms)
+            .finish()
+    }
 }
 
 fn default_cancel_grace_ms() -> u64 {
@@ -306,6 +347,9 @@ fn default_connect_timeout_ms() -> u64 {
 }
 fn default_read_timeout_ms() -> u64 {
     DEFAULT_READ_TIMEOUT_MS
+}
+fn default_health_interval_ms() -> u64 {
+    DEFAULT_HEALTH_INTERVAL_MS
 }
 
 fn default_listen() -> SocketAddr {
@@ -377,6 +421,15 @@ impl Config {
     pub fn to_toml(&self) -> String {
         // Serialising plain structs of strings and numbers cannot fail.
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// A copy fit for printing: credentials in URLs become `***`.
+    pub fn redacted(&self) -> Config {
+        let mut config = self.clone();
+        for openai in config.models.iter_mut().filter_map(|m| m.openai.as_mut()) {
+            openai.base_url = redact_url(&openai.base_url).into_owned();
+        }
+        config
     }
 }
 
@@ -509,6 +562,41 @@ mod tests {
             assert_eq!(e.key.as_deref(), Some(key), "{text}\n{e}");
             assert!(e.message.contains("between"), "{e}");
         }
+    }
+
+    #[test]
+    fn openai_health_interval_is_bounded() {
+        let model = |interval: u64| {
+            format!(
+                "[[models]]\nname = \"a\"\nbackend = \"openai\"\n[models.openai]\nbase_url = \"http://h/v1\"\nhealth_interval_ms = {interval}\n"
+            )
+        };
+        for bad in [0, MIN_HEALTH_INTERVAL_MS - 1, MAX_HEALTH_INTERVAL_MS + 1] {
+            let e = error(&model(bad));
+            assert_eq!(
+                e.key.as_deref(),
+                Some("models[0].openai.health_interval_ms")
+            );
+        }
+        let config = Config::from_toml(&model(MIN_HEALTH_INTERVAL_MS), "t").unwrap();
+        let openai = config.models[0].openai.as_ref().unwrap();
+        assert_eq!(openai.health_interval_ms, MIN_HEALTH_INTERVAL_MS);
+    }
+
+    #[test]
+    fn url_credentials_are_never_printed() {
+        let text = "[[models]]\nname = \"a\"\nbackend = \"openai\"\n[models.openai]\nbase_url = \"http://bob:s3cr3t@h/v1\"\n";
+        let config = Config::from_toml(text, "t").unwrap();
+        for printed in [format!("{config:?}"), config.redacted().to_toml()] {
+            assert!(!printed.contains("s3cr3t"), "{printed}");
+            assert!(printed.contains("bob:***@h/v1"), "{printed}");
+        }
+        // The config itself keeps them: the client needs them.
+        assert!(config.to_toml().contains("s3cr3t"));
+        let e = error(
+            "[[models]]\nname = \"a\"\nbackend = \"openai\"\n[models.openai]\nbase_url = \"bob:s3cr3t@h\"\n",
+        );
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
     }
 
     #[test]

@@ -6,9 +6,10 @@ use std::collections::HashSet;
 use std::fmt::Display;
 
 use crate::config::{
-    BackendKind, Config, MAX_CONCURRENT_STREAMS, MAX_HTTP_TIMEOUT_MS, MAX_MAX_TOKENS,
-    MAX_MESSAGE_BYTES, MAX_QUEUE_CAPACITY, MAX_SHUTDOWN_GRACE_SECONDS, MAX_SIMULATED_LATENCY_MS,
-    MAX_SIMULATED_OUTPUT_TOKENS, MAX_TIMEOUT_MS, MAX_WORKERS, MIN_MESSAGE_BYTES, ModelConfig,
+    BackendKind, Config, MAX_CONCURRENT_STREAMS, MAX_HEALTH_INTERVAL_MS, MAX_HTTP_TIMEOUT_MS,
+    MAX_MAX_TOKENS, MAX_MESSAGE_BYTES, MAX_QUEUE_CAPACITY, MAX_SHUTDOWN_GRACE_SECONDS,
+    MAX_SIMULATED_LATENCY_MS, MAX_SIMULATED_OUTPUT_TOKENS, MAX_TIMEOUT_MS, MAX_WORKERS,
+    MIN_HEALTH_INTERVAL_MS, MIN_MESSAGE_BYTES, ModelConfig, redact_url,
 };
 
 /// Checks that `value` of `key` lies in `min..=max`, saying so otherwise.
@@ -165,7 +166,10 @@ fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, St
             {
                 return Err((
                     "openai.base_url",
-                    format!("\"{}\" is not an http:// or https:// URL", openai.base_url),
+                    format!(
+                        "\"{}\" is not an http:// or https:// URL",
+                        redact_url(&openai.base_url)
+                    ),
                 ));
             }
             if let Some(var) = &openai.api_key_env {
@@ -190,6 +194,12 @@ fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, St
                 max,
             )?;
             within("openai.read_timeout_ms", openai.read_timeout_ms, 1, max)?;
+            within(
+                "openai.health_interval_ms",
+                openai.health_interval_ms,
+                MIN_HEALTH_INTERVAL_MS,
+                MAX_HEALTH_INTERVAL_MS,
+            )?;
         }
     }
     Ok(())

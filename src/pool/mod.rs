@@ -193,7 +193,12 @@ impl WorkerPool {
             backend_calls: self.shared.calls.load(Ordering::Relaxed),
             inflight: self.shared.inflight.load(Ordering::Relaxed),
             busy_seconds: self.shared.running.busy_seconds(),
-            ready: self.shared.ready.load(Ordering::Relaxed),
+            // A factory whose upstream is down has no worker ready.
+            ready: if self.shared.factory.is_up() {
+                self.shared.ready.load(Ordering::Relaxed)
+            } else {
+                0
+            },
         }
     }
 
