@@ -3,7 +3,10 @@
 
 use std::collections::HashSet;
 
-use crate::config::{BackendKind, Config, MAX_QUEUE_CAPACITY, MAX_WORKERS, ModelConfig};
+use crate::config::{
+    BackendKind, Config, MAX_CANCEL_GRACE_MS, MAX_QUEUE_CAPACITY, MAX_START_TIMEOUT_MS,
+    MAX_WORKERS, ModelConfig,
+};
 
 impl Config {
     /// Checks what the types cannot: ranges, uniqueness, matching sections.
@@ -108,6 +111,24 @@ fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, St
                 return Err((
                     "process.command",
                     "must name a program, e.g. [\"python3\", \"worker.py\"]".into(),
+                ));
+            }
+            if process.cancel_grace_ms > MAX_CANCEL_GRACE_MS {
+                return Err((
+                    "process.cancel_grace_ms",
+                    format!(
+                        "must be at most {MAX_CANCEL_GRACE_MS}, got {}",
+                        process.cancel_grace_ms
+                    ),
+                ));
+            }
+            if process.start_timeout_ms == 0 || process.start_timeout_ms > MAX_START_TIMEOUT_MS {
+                return Err((
+                    "process.start_timeout_ms",
+                    format!(
+                        "must be between 1 and {MAX_START_TIMEOUT_MS}, got {}",
+                        process.start_timeout_ms
+                    ),
                 ));
             }
         }
