@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, generate_text, metric, python_probe, request, with_timeout};
+use common::{TestServer, generate_text, metric, python_probe, request};
 use infergate::proto;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -89,6 +89,18 @@ impl Drop for PidDir {
     }
 }
 
+/// A request with a `grpc-timeout` for the server only: tonic's
+/// `set_timeout` also starts a client-side timer, which can fire first and
+/// hide the server's answer.
+fn with_server_timeout<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("{}m", timeout.as_millis())
+        .parse()
+        .expect("a valid grpc-timeout");
+    request.metadata_mut().insert("grpc-timeout", value);
+    request
+}
+
 /// Whether a process runs (a zombie is dead: only its parent's reaping is
 /// left, and that parent may be an init that reaps late).
 fn alive(pid: i32) -> bool {
@@ -101,13 +113,19 @@ fn alive(pid: i32) -> bool {
     }
 }
 
-/// Waits (bounded) until none of `pids` runs.
+/// Waits (bounded) until none of `pids` runs; says how long it took.
 async fn assert_all_gone(pids: &[i32], within: Duration, what: &str) {
     assert!(!pids.is_empty(), "no pids to check for {what}");
-    let give_up = Instant::now() + within;
+    let start = Instant::now();
+    let give_up = start + within;
     loop {
         let left: Vec<i32> = pids.iter().copied().filter(|&pid| alive(pid)).collect();
         if left.is_empty() {
+            eprintln!(
+                "{what}: {} processes gone within {:?}",
+                pids.len(),
+                start.elapsed()
+            );
             return;
         }
         assert!(
@@ -137,17 +155,23 @@ async fn a_worker_that_never_reads_its_stdin_is_killed_at_the_deadline() {
     let deadline = start + Duration::from_secs(2);
     let status = client
         .clone()
-        .generate(with_timeout(
+        .generate(with_server_timeout(
             request("deaf", &prompt),
             Duration::from_secs(2),
         ))
         .await
         .expect_err("the worker never answers");
+    let status_at = Instant::now();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 
     // The worker is free within 1 s of the deadline, and the process gone.
     server.wait_for("deaf", |m| m.busy_workers == 0).await;
     let freed = Instant::now();
+    eprintln!(
+        "DEADLINE_EXCEEDED after {:?}; worker free {:?} after the deadline",
+        status_at - start,
+        freed.saturating_duration_since(deadline)
+    );
     assert!(
         freed < deadline + Duration::from_secs(1),
         "freed {:?} after the deadline",
@@ -184,7 +208,7 @@ async fn grandchildren_die_with_their_worker_on_kill_exit_and_shutdown() {
     // Hung past its deadline and deaf to the cancel line: killed.
     let status = client
         .clone()
-        .generate(with_timeout(
+        .generate(with_server_timeout(
             request("gc", "grandchild hang"),
             Duration::from_secs(1),
         ))
@@ -223,6 +247,16 @@ async fn grandchildren_die_with_their_worker_on_kill_exit_and_shutdown() {
     assert_all_gone(&idle, Duration::from_secs(5), "after shutdown").await;
 }
 
+/// The gateway binary, SIGKILLed if a failed assertion leaves it running.
+struct Gateway(std::process::Child);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_and_grandchildren_die_with_a_sigkilled_gateway() {
     let mut pids = PidDir::new("sigkill");
@@ -233,14 +267,16 @@ async fn workers_and_grandchildren_die_with_a_sigkilled_gateway() {
     );
     let config_path = pids.path.join("config.toml");
     std::fs::write(&config_path, config).expect("write the config");
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_infergate"))
-        .args(["serve", "--config", config_path.to_str().expect("utf-8")])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start infergate");
-    let stderr = gateway.stderr.take().expect("stderr");
+    let mut gateway = Gateway(
+        Command::new(env!("CARGO_BIN_EXE_infergate"))
+            .args(["serve", "--config", config_path.to_str().expect("utf-8")])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start infergate"),
+    );
+    let stderr = gateway.0.stderr.take().expect("stderr");
     let (addr_tx, mut addr_rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -285,8 +321,8 @@ async fn workers_and_grandchildren_die_with_a_sigkilled_gateway() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    gateway.kill().expect("SIGKILL the gateway");
-    let _ = tokio::task::spawn_blocking(move || gateway.wait())
+    gateway.0.kill().expect("SIGKILL the gateway");
+    let _ = tokio::task::spawn_blocking(move || gateway.0.wait())
         .await
         .expect("join");
     assert_all_gone(&all, Duration::from_secs(5), "after SIGKILL of the gateway").await;

@@ -95,8 +95,8 @@ impl BackendFactory for ProcessFactory {
                 tracing::warn!(
                     model = %self.model,
                     worker,
-                    pid = child.pid(),
-                    stderr = %child.stderr_tail(STDERR_WAIT),
+                    group = child.pid(),
+                    stderr = ?child.stderr_tail(STDERR_WAIT),
                     "worker process failed to start: {what}"
                 );
                 return Err(BackendError::new(
@@ -146,7 +146,7 @@ impl StartFailure {
             StartFailure::Malformed(what) => {
                 child.kill();
                 tracing::warn!(
-                    pid = child.pid(),
+                    group = child.pid(),
                     "worker process broke the protocol at start-up: {what}"
                 );
                 "broke the protocol at start-up".to_string()
@@ -173,7 +173,7 @@ fn handshake(child: &mut Child, timeout: Duration) -> Result<Option<u32>, StartF
                 Err(_) if skipped < MAX_LINES_BEFORE_READY => {
                     skipped += 1;
                     tracing::warn!(
-                        pid = child.pid(),
+                        group = child.pid(),
                         line = %quote(&line),
                         "worker process wrote a line that is not the protocol before its ready line; skipped"
                     );
@@ -207,9 +207,9 @@ impl ProcessBackend {
             .as_ref()
             .map_or_else(|| "it closed its output".to_string(), ExitStatus::to_string);
         tracing::warn!(
-            pid = self.child.pid(),
+            group = self.child.pid(),
             %status,
-            stderr = %self.child.stderr_tail(STDERR_WAIT),
+            stderr = ?self.child.stderr_tail(STDERR_WAIT),
             "worker process exited during the call"
         );
         BackendError::new(
@@ -223,8 +223,8 @@ impl ProcessBackend {
         self.broken = Some("malformed");
         self.child.kill();
         tracing::warn!(
-            pid = self.child.pid(),
-            stderr = %self.child.stderr_tail(STDERR_WAIT),
+            group = self.child.pid(),
+            stderr = ?self.child.stderr_tail(STDERR_WAIT),
             "worker process broke the protocol: {what}"
         );
         BackendError::new(
@@ -251,7 +251,7 @@ impl ProcessBackend {
         };
         if self.child.unread() {
             tracing::warn!(
-                pid = self.child.pid(),
+                group = self.child.pid(),
                 reason,
                 "worker process has not read its request; killing it"
             );
@@ -281,7 +281,7 @@ impl ProcessBackend {
                 Received::Timeout if Instant::now() < until => {}
                 Received::Timeout => {
                     tracing::warn!(
-                        pid = self.child.pid(),
+                        group = self.child.pid(),
                         reason,
                         grace_ms = self.cancel_grace.as_millis(),
                         "worker process did not stop after a cancel line; killing it"
@@ -305,8 +305,8 @@ impl ProcessBackend {
         }
         tracing::warn!(
             code = code.unwrap_or("internal"),
-            message = %clip(message, LOG_BYTES),
-            detail = %clip(detail.unwrap_or(""), LOG_BYTES),
+            error = ?clip(message, LOG_BYTES),
+            detail = ?clip(detail.unwrap_or(""), LOG_BYTES),
             "worker failed the call"
         );
         BackendError::new(kind, WORKER_FAILED)
@@ -331,7 +331,7 @@ impl Backend for ProcessBackend {
             Err(SendError::Closed) => return Err(self.died()),
             Err(SendError::Stuck) => {
                 tracing::warn!(
-                    pid = self.child.pid(),
+                    group = self.child.pid(),
                     "worker process stopped reading its input; killing it"
                 );
                 self.stop("hung");

@@ -25,9 +25,14 @@
 //! system calls, no allocation, no locks (a lock another thread held at the
 //! fork stays locked forever). That is why the second fork is the raw
 //! `clone` system call and not glibc's `fork()`, whose atfork handlers take
-//! malloc's locks. The cost: the supervisor is a copy-on-write copy of the
-//! gateway, so it keeps the pages the gateway changes later (bounded by the
-//! gateway's memory at the time the worker was started).
+//! malloc's locks.
+//!
+//! The supervisor is a copy-on-write copy of the gateway: left alone, it
+//! would keep a private copy of every page the gateway changes later, up to
+//! the gateway's whole memory at the time. So it first drops the anonymous
+//! memory it never touches (heaps, other threads' stacks; see
+//! [`release_memory`]): measured, about 0.3 MiB of its own instead of
+//! several MiB.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -76,6 +81,7 @@ unsafe fn supervise(worker: pid_t, lifeline: RawFd, gateway_group: pid_t) -> ! {
         }
         close_from(LIFELINE + 1);
         reset_signals();
+        release_memory();
         let pidfd = libc::syscall(libc::SYS_pidfd_open, worker, 0) as c_int;
         let mut fds = [
             libc::pollfd {
@@ -190,5 +196,152 @@ unsafe fn reset_signals() {
         ] {
             libc::signal(signal, libc::SIG_IGN);
         }
+    }
+}
+
+/// Lets go of the gateway's anonymous memory that this process never
+/// touches, so that the gateway writing to it later makes no copies here:
+/// each private, writable, anonymous mapping of `/proc/self/maps` (the
+/// heap, malloc's arenas, other threads' stacks), except this thread's
+/// stack and thread-local block, the kernel's special mappings, and the
+/// zero-filled data (`.bss`) that follows a file mapping.
+unsafe fn release_memory() {
+    // SAFETY: reads this process's map, then drops pages of mappings that
+    // no code of this process uses from here on (it runs only the loop of
+    // `supervise`, on this stack, with its thread block for errno).
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return;
+        }
+        let marker = 0u8;
+        let keep = [
+            std::ptr::addr_of!(marker) as usize,
+            libc::__errno_location() as usize,
+        ];
+        let mut buf = [0u8; 8192];
+        let mut len = 0;
+        let mut previous: Option<Mapping> = None;
+        loop {
+            let read = libc::read(fd, buf.as_mut_ptr().add(len).cast(), buf.len() - len);
+            if read <= 0 {
+                break;
+            }
+            len += read as usize;
+            let mut start = 0;
+            while let Some(end) = buf[start..len].iter().position(|&b| b == b'\n') {
+                if let Some(mapping) = Mapping::parse(&buf[start..start + end]) {
+                    if mapping.droppable(&keep, previous.as_ref()) {
+                        libc::madvise(
+                            mapping.start as *mut libc::c_void,
+                            mapping.end - mapping.start,
+                            libc::MADV_DONTNEED,
+                        );
+                    }
+                    previous = Some(mapping);
+                }
+                start += end + 1;
+            }
+            buf.copy_within(start..len, 0);
+            len -= start;
+            if len == buf.len() {
+                break; // a line longer than the buffer: keep the rest
+            }
+        }
+        libc::close(fd);
+    }
+}
+
+/// One line of `/proc/self/maps`, as far as [`release_memory`] needs it.
+struct Mapping {
+    start: usize,
+    end: usize,
+    /// `rw-p`-like: writable and private.
+    writable_private: bool,
+    /// Backed by a file (inode not 0).
+    file: bool,
+    /// A kernel mapping kept as it is: `[stack]`, `[vdso]`, `[vvar]`, …
+    special: bool,
+}
+
+impl Mapping {
+    /// Parses `start-end perms offset dev inode [path]`.
+    fn parse(line: &[u8]) -> Option<Mapping> {
+        let mut fields = line.split(|&b| b == b' ').filter(|f| !f.is_empty());
+        let range = fields.next()?;
+        let dash = range.iter().position(|&b| b == b'-')?;
+        let start = hex(&range[..dash])?;
+        let end = hex(&range[dash + 1..])?;
+        let perms = fields.next()?;
+        let _offset = fields.next()?;
+        let _device = fields.next()?;
+        let inode = fields.next()?;
+        let path = fields.next().unwrap_or(b"");
+        let special =
+            path.starts_with(b"[") && !(path.starts_with(b"[heap]") || path.starts_with(b"[anon"));
+        Some(Mapping {
+            start,
+            end,
+            writable_private: perms.get(1) == Some(&b'w') && perms.get(3) == Some(&b'p'),
+            file: inode.iter().any(|&b| b != b'0'),
+            special,
+        })
+    }
+
+    /// Whether the pages of this mapping can go.
+    fn droppable(&self, keep: &[usize], previous: Option<&Mapping>) -> bool {
+        let bss = previous.is_some_and(|p| p.file && p.end == self.start);
+        self.writable_private
+            && !self.file
+            && !self.special
+            && !bss
+            && self.end > self.start
+            && !keep.iter().any(|&a| (self.start..self.end).contains(&a))
+    }
+}
+
+/// A hexadecimal address.
+fn hex(digits: &[u8]) -> Option<usize> {
+    let mut value: usize = 0;
+    for &d in digits {
+        let digit = (d as char).to_digit(16)?;
+        value = value.checked_mul(16)?.checked_add(digit as usize)?;
+    }
+    (!digits.is_empty()).then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_lines_parse() {
+        let heap =
+            Mapping::parse(b"55d0c3a00000-55d0c3a21000 rw-p 00000000 00:00 0          [heap]")
+                .expect("parses");
+        assert_eq!((heap.start, heap.end), (0x55d0c3a00000, 0x55d0c3a21000));
+        assert!(heap.writable_private && !heap.file && !heap.special);
+        assert!(heap.droppable(&[], None));
+        assert!(
+            !heap.droppable(&[0x55d0c3a00010], None),
+            "holds a kept address"
+        );
+
+        let data = Mapping::parse(b"7f00-8f00 rw-p 00021000 08:01 1234 /usr/lib/libc.so.6")
+            .expect("parses");
+        assert!(data.file && !data.droppable(&[], None));
+        let bss = Mapping::parse(b"8f00-9f00 rw-p 00000000 00:00 0").expect("parses");
+        assert!(!bss.droppable(&[], Some(&data)), "the .bss after a file");
+        assert!(bss.droppable(&[], None));
+
+        let stack =
+            Mapping::parse(b"7ffc0000-7ffd0000 rw-p 00000000 00:00 0 [stack]").expect("parses");
+        assert!(!stack.droppable(&[], None));
+        let text = Mapping::parse(b"1000-2000 r-xp 00000000 08:01 99 /bin/x").expect("parses");
+        assert!(!text.droppable(&[], None));
+        assert!(Mapping::parse(b"garbage").is_none());
     }
 }
