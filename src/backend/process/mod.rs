@@ -21,6 +21,7 @@
 mod child;
 mod group;
 pub mod protocol;
+mod start;
 #[cfg(target_os = "linux")]
 mod supervisor;
 
@@ -45,8 +46,6 @@ const STDERR_WAIT: Duration = Duration::from_millis(200);
 const QUOTE_BYTES: usize = 200;
 /// Bytes of a worker's error text and detail written to the log.
 const LOG_BYTES: usize = 8 * 1024;
-/// Lines that are not the protocol skipped before the ready line.
-const MAX_LINES_BEFORE_READY: usize = 1000;
 /// What the client reads when a worker failed a call with a private error.
 const WORKER_FAILED: &str = "the worker failed (see the gateway log)";
 
@@ -65,11 +64,6 @@ impl ProcessFactory {
             config,
         }
     }
-
-    /// The program, for messages (its arguments may hold anything).
-    fn program(&self) -> &str {
-        self.config.command.first().map_or("", String::as_str)
-    }
 }
 
 impl BackendFactory for ProcessFactory {
@@ -80,111 +74,13 @@ impl BackendFactory for ProcessFactory {
     /// Starts a worker and waits, up to `start_timeout_ms`, for its ready
     /// line. Blocks: runs on the pool's worker thread.
     fn create(&self, worker: usize) -> Result<Box<dyn Backend>, BackendError> {
-        let program = self.program();
-        let mut child = Child::spawn(&self.config, &self.model, worker).map_err(|e| {
-            BackendError::new(
-                BackendErrorKind::Unavailable,
-                format!("cannot start worker process `{program}`: {e}"),
-            )
-        })?;
-        let timeout = Duration::from_millis(self.config.start_timeout_ms);
-        let worker_pid = match handshake(&mut child, timeout) {
-            Ok(pid) => pid,
-            Err(failure) => {
-                let what = failure.describe(&mut child, self.config.start_timeout_ms);
-                tracing::warn!(
-                    model = %self.model,
-                    worker,
-                    group = child.pid(),
-                    stderr = ?child.stderr_tail(STDERR_WAIT),
-                    "worker process failed to start: {what}"
-                );
-                return Err(BackendError::new(
-                    BackendErrorKind::Unavailable,
-                    format!("worker process `{program}` {what}; see the gateway log"),
-                ));
-            }
-        };
-        tracing::info!(
-            model = %self.model,
-            worker,
-            group = child.pid(),
-            pid = worker_pid,
-            "worker process ready"
-        );
+        let child = start::start(&self.config, &self.model, worker)?;
         Ok(Box::new(ProcessBackend {
             child,
             next_id: 0,
             broken: None,
             cancel_grace: Duration::from_millis(self.config.cancel_grace_ms),
         }))
-    }
-}
-
-/// Why a worker did not become ready.
-enum StartFailure {
-    /// Its stdout closed before the ready line.
-    Exited,
-    /// No ready line within the start timeout.
-    Silent,
-    /// It wrote something else.
-    Malformed(String),
-}
-
-impl StartFailure {
-    /// What happened, for the log and the client; ends the process group.
-    fn describe(self, child: &mut Child, timeout_ms: u64) -> String {
-        match self {
-            StartFailure::Exited => match child.exit_status(EXIT_STATUS_WAIT) {
-                Some(status) => format!("exited at start-up ({status})"),
-                None => "closed its output at start-up".to_string(),
-            },
-            StartFailure::Silent => {
-                child.kill();
-                format!("sent no ready line within {timeout_ms} ms (process.start_timeout_ms)")
-            }
-            StartFailure::Malformed(what) => {
-                child.kill();
-                tracing::warn!(
-                    group = child.pid(),
-                    "worker process broke the protocol at start-up: {what}"
-                );
-                "broke the protocol at start-up".to_string()
-            }
-        }
-    }
-}
-
-/// Waits for the ready line; returns the pid the worker gave in it.
-fn handshake(child: &mut Child, timeout: Duration) -> Result<Option<u32>, StartFailure> {
-    let until = Instant::now() + timeout;
-    let mut skipped = 0;
-    loop {
-        let wait = until.saturating_duration_since(Instant::now());
-        match child.recv(wait) {
-            Received::Line(line) => match serde_json::from_str::<FromWorker>(&line) {
-                Ok(FromWorker::Ready { pid }) => return Ok(pid),
-                Ok(_) => {
-                    return Err(StartFailure::Malformed(format!(
-                        "an answer before the ready line: {}",
-                        quote(&line)
-                    )));
-                }
-                Err(_) if skipped < MAX_LINES_BEFORE_READY => {
-                    skipped += 1;
-                    tracing::warn!(
-                        group = child.pid(),
-                        line = %quote(&line),
-                        "worker process wrote a line that is not the protocol before its ready line; skipped"
-                    );
-                }
-                Err(e) => return Err(StartFailure::Malformed(format!("{e}: {}", quote(&line)))),
-            },
-            Received::TooLong => return Err(StartFailure::Malformed(too_long())),
-            Received::Closed => return Err(StartFailure::Exited),
-            Received::Timeout if Instant::now() >= until => return Err(StartFailure::Silent),
-            Received::Timeout => {}
-        }
     }
 }
 
@@ -424,6 +320,7 @@ fn clip(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// A line for the log: at most [`QUOTE_BYTES`] of it, escaped.
 fn quote(line: &str) -> String {
     let mut end = line.len().min(QUOTE_BYTES);
     while !line.is_char_boundary(end) {
