@@ -31,9 +31,17 @@ The function receives a :class:`Request` (a dict of the request line, with
 
 Raise :class:`WorkerError` with a ``code`` (``invalid_argument``,
 ``resource_exhausted``, ``unavailable``, ``unauthenticated``,
-``permission_denied``, ``deadline_exceeded``, ``internal``) to choose the
-gRPC status the client gets; any other exception is ``INTERNAL`` with its
-message, and its traceback goes to stderr.
+``permission_denied``, ``deadline_exceeded``, ``internal``) to send the
+client that gRPC status and your message (its first 200 characters): the
+one way for text to reach the client. Any other exception reaches the
+client only as ``INTERNAL`` "the worker failed"; its message and traceback
+go to the gateway's log, since they may hold anything (a password in a
+connection string).
+
+Do the slow set-up (loading the model) before calling :func:`serve`: it
+tells the gateway the worker is ready (the ``ready`` line), and the gateway
+counts the worker as started only then, within the model's
+``start_timeout_ms``.
 
 Standard library only. The protocol (JSON lines on stdin/stdout) is in the
 README, so a worker can be written in any language. Anything the function
@@ -61,10 +69,20 @@ ERROR_CODES = {
 }
 
 
+# Characters of a traceback sent to the gateway's log.
+_DETAIL_CHARS = 8000
+
+
 class WorkerError(Exception):
-    """An error with the gRPC code the client should see."""
+    """An error for the client: its gRPC ``code`` and its message.
+
+    ``WorkerError("no images here", code="invalid_argument")``; the form
+    ``WorkerError("invalid_argument", "no images here")`` works too.
+    """
 
     def __init__(self, message, code="internal"):
+        if message in ERROR_CODES and code not in ERROR_CODES:
+            message, code = code, message
         super().__init__(message)
         self.code = code if code in ERROR_CODES else "internal"
 
@@ -149,6 +167,7 @@ def serve(fn, stdin=None, stdout=None):
         requests.put(None)
 
     threading.Thread(target=read, name="infergate-stdin", daemon=True).start()
+    channel.send({"type": "ready", "pid": os.getpid()})
     while True:
         item = requests.get()
         if item is None:
@@ -176,12 +195,20 @@ def _run(fn, request, channel):
         else:
             _stream(result, request, channel)
     except Cancelled:
-        channel.send({"type": "error", "id": call_id, "code": "cancelled", "message": "cancelled"})
+        channel.send({"type": "error", "id": call_id, "code": "cancelled", "message": "cancelled", "public": True})
     except WorkerError as error:
-        channel.send({"type": "error", "id": call_id, "code": error.code, "message": str(error)})
+        channel.send({"type": "error", "id": call_id, "code": error.code, "message": str(error), "public": True})
     except Exception as error:  # the worker must outlive the function's bugs
-        traceback.print_exc(file=sys.stderr)
-        channel.send({"type": "error", "id": call_id, "code": "internal", "message": f"{type(error).__name__}: {error}"})
+        # Not public: the gateway logs the text and the traceback, and tells
+        # the client only that the worker failed.
+        channel.send({
+            "type": "error",
+            "id": call_id,
+            "code": "internal",
+            "message": f"{type(error).__name__}: {error}",
+            "public": False,
+            "detail": traceback.format_exc()[-_DETAIL_CHARS:],
+        })
 
 
 def _stream(tokens, request, channel):

@@ -28,6 +28,12 @@ const MAX_CLIENT_MARGIN: Duration = Duration::from_millis(20);
 /// validation keeps every real budget far below it.
 const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// When a request's headers reached the server: put in its extensions by
+/// the server's outermost layer, before the body is read, and the instant
+/// its deadline counts from.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival(pub Instant);
+
 /// Who chose a call's budget: said in the error when it runs out, so a
 /// client can tell its own timeout from the operator's cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -114,6 +114,15 @@ pub enum Error {
         /// Where the call was when it expired.
         stage: Stage,
     },
+    /// No worker of the model has a backend up (e.g. its worker processes
+    /// fail to start): refused at once rather than queued.
+    #[error("no worker is ready: {}; see the gateway log", clip(why))]
+    ModelDown {
+        /// The model.
+        model: String,
+        /// Why the last start failed (safe for clients).
+        why: String,
+    },
     /// The gateway is draining and takes no new calls.
     #[error("the gateway is shutting down and accepts no new calls")]
     ShuttingDown,
@@ -148,6 +157,7 @@ impl Error {
             Error::QueueFull { .. } => "queue_full",
             Error::DeadlineExceeded { .. } => "deadline",
             Error::ShuttingDown => "shutting_down",
+            Error::ModelDown { .. } => "model_down",
             Error::BackendPanic { .. } => "backend_panic",
             Error::Backend { .. } => "backend_error",
             Error::Dropped { .. } => "dropped",
@@ -161,7 +171,7 @@ impl Error {
             Error::InvalidArgument { .. } => Code::InvalidArgument,
             Error::QueueFull { .. } => Code::ResourceExhausted,
             Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
-            Error::ShuttingDown => Code::Unavailable,
+            Error::ShuttingDown | Error::ModelDown { .. } => Code::Unavailable,
             Error::BackendPanic { .. } | Error::Dropped { .. } => Code::Internal,
             Error::Backend { source, .. } => source.kind.code(),
         }
@@ -174,6 +184,7 @@ impl Error {
                 None
             }
             Error::QueueFull { model, .. }
+            | Error::ModelDown { model, .. }
             | Error::DeadlineExceeded { model, .. }
             | Error::BackendPanic { model }
             | Error::Backend { model, .. }
@@ -187,6 +198,7 @@ impl Error {
             Error::ModelNotFound { .. }
             | Error::InvalidArgument { .. }
             | Error::QueueFull { .. }
+            | Error::ModelDown { .. }
             | Error::ShuttingDown => Stage::Admission,
             Error::DeadlineExceeded { stage, .. } => *stage,
             Error::BackendPanic { .. } | Error::Backend { .. } | Error::Dropped { .. } => {

@@ -186,13 +186,16 @@ impl Gateway {
     }
 
     /// Runs a Generate call: the whole text once it is ready.
+    /// `received` is when the call reached the server (its deadline counts
+    /// from there, as the client's does).
     pub async fn generate(
         &self,
         request: proto::GenerateRequest,
         client_timeout: Option<Duration>,
+        received: Instant,
     ) -> Result<Outcome, Error> {
         let model = self.lookup(&request.model);
-        let mut record = self.record(model, Method::Generate);
+        let mut record = self.record(model, Method::Generate, received);
         let result = self
             .run_generate(model, request, client_timeout, &record)
             .await;
@@ -235,9 +238,10 @@ impl Gateway {
         &self,
         request: proto::GenerateRequest,
         client_timeout: Option<Duration>,
+        received: Instant,
     ) -> Result<GenerationStream, Error> {
         let model = self.lookup(&request.model);
-        let mut record = self.record(model, Method::GenerateStream);
+        let mut record = self.record(model, Method::GenerateStream, received);
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let call = match self.admit(
             model,
@@ -268,10 +272,11 @@ impl Gateway {
         self.by_name.get(name).map(|&i| &self.models[i])
     }
 
-    /// The record of a call to `model` (or to no served model), from now.
-    fn record(&self, model: Option<&Model>, method: Method) -> CallRecord {
+    /// The record of a call to `model` (or to no served model), received
+    /// at `received`.
+    fn record(&self, model: Option<&Model>, method: Method, received: Instant) -> CallRecord {
         let metrics = model.map_or(&self.unknown, |m| m.pool.metrics());
-        CallRecord::new(metrics.clone(), method, Instant::now())
+        CallRecord::new(metrics.clone(), method, received)
     }
 
     /// Everything a call goes through before it waits: shutdown check,

@@ -22,6 +22,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{Config, ServerConfig};
+use crate::deadline::Arrival;
 use crate::gateway::Gateway;
 use crate::metrics;
 use crate::proto;
@@ -143,6 +144,9 @@ pub async fn run(
     // refusal can name the model and count in its metrics. A server-wide
     // layer would also throttle health checks and reflection.
     let server = Server::builder()
+        // Outermost: stamps each request's arrival before its body is read,
+        // the instant its deadline counts from (as the client's does).
+        .layer(tower::util::MapRequestLayer::new(stamp_arrival))
         .max_concurrent_streams(config.max_concurrent_streams)
         .initial_connection_window_size(connection_window(config.max_concurrent_streams))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
@@ -207,6 +211,16 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// Puts the request's [`Arrival`] in its extensions.
+fn stamp_arrival<B>(
+    mut request: tonic::codegen::http::Request<B>,
+) -> tonic::codegen::http::Request<B> {
+    request
+        .extensions_mut()
+        .insert(Arrival(std::time::Instant::now()));
+    request
 }
 
 /// Keeps each model's health in step with its pool: NOT_SERVING while no

@@ -7,7 +7,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_stream::{Stream, StreamExt};
 use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::backend::FinishReason;
+use crate::deadline::Arrival;
 use crate::gateway::Gateway;
 use crate::outcome::{Outcome, StreamItem};
 use crate::proto;
@@ -47,10 +48,11 @@ impl Inference for InferenceService {
         let span = call_span("generate", request.get_ref(), &id);
         async {
             let timeout = grpc_timeout(request.metadata());
+            let received = received(&request);
             let model = request.get_ref().model.clone();
             let outcome = self
                 .gateway
-                .generate(request.into_inner(), timeout)
+                .generate(request.into_inner(), timeout, received)
                 .await
                 .map_err(|e| id.status(&e))?;
             let response = Response::new(proto::GenerateResponse {
@@ -76,9 +78,10 @@ impl Inference for InferenceService {
         let span = call_span("generate_stream", request.get_ref(), &id);
         let _entered = span.enter();
         let timeout = grpc_timeout(request.metadata());
+        let received = received(&request);
         let stream = self
             .gateway
-            .generate_stream(request.into_inner(), timeout)
+            .generate_stream(request.into_inner(), timeout, received)
             .map_err(|e| id.status(&e))?;
         let request_id = id.to_string();
         let stream = stream.map(move |item| match item {
@@ -193,6 +196,17 @@ fn call_span(
         .get(..request.model.len().min(MAX_SPAN_MODEL_BYTES))
         .unwrap_or("?");
     tracing::info_span!("call", method, model, request_id = %id)
+}
+
+/// When the call reached the server: stamped by the server's outermost
+/// layer before the body was read (see [`crate::server`]), so that a large
+/// request's transfer and decoding count against its deadline, as they do
+/// for the client's (and tonic's) timer. Now, when served without it.
+fn received<T>(request: &Request<T>) -> Instant {
+    request
+        .extensions()
+        .get::<Arrival>()
+        .map_or_else(Instant::now, |arrival| arrival.0)
 }
 
 /// Bytes of the requested model name kept in a call's span.

@@ -39,4 +39,7 @@ def generate(request):
     return fake_llm_call(request.text)
 
 
+# Load your model here, before serve(): serve() sends the gateway the ready
+# line, and the worker counts as started (within the model's
+# start_timeout_ms) only then.
 serve(generate)

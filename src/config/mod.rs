@@ -255,6 +255,14 @@ impl Default for SimulatedConfig {
 /// Default time a process worker gets to answer a cancel line before it is
 /// killed and restarted.
 pub const DEFAULT_CANCEL_GRACE_MS: u64 = 1000;
+/// Longest `cancel_grace_ms`: a worker that ignores cancel lines holds its
+/// worker slot this long at most.
+pub const MAX_CANCEL_GRACE_MS: u64 = 60_000;
+/// Default time a process worker has to send its ready line after it was
+/// started (its model loading included).
+pub const DEFAULT_START_TIMEOUT_MS: u64 = 30_000;
+/// Longest `start_timeout_ms`.
+pub const MAX_START_TIMEOUT_MS: u64 = 600_000;
 /// Default connect timeout of the OpenAI backend.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default longest silence while reading an OpenAI response.
@@ -282,6 +290,10 @@ pub struct ProcessConfig {
     /// killed and restarted.
     #[serde(default = "default_cancel_grace_ms")]
     pub cancel_grace_ms: u64,
+    /// How long a starting worker may take to send its ready line before it
+    /// is killed and counts as failed to start.
+    #[serde(default = "default_start_timeout_ms")]
+    pub start_timeout_ms: u64,
 }
 
 /// The `[models.openai]` table: an OpenAI-compatible server.
@@ -341,6 +353,9 @@ impl std::fmt::Debug for OpenAiConfig {
 
 fn default_cancel_grace_ms() -> u64 {
     DEFAULT_CANCEL_GRACE_MS
+}
+fn default_start_timeout_ms() -> u64 {
+    DEFAULT_START_TIMEOUT_MS
 }
 fn default_connect_timeout_ms() -> u64 {
     DEFAULT_CONNECT_TIMEOUT_MS
@@ -603,5 +618,24 @@ mod tests {
     fn bad_model_name_is_refused() {
         let e = error("[[models]]\nname = \"a b\"\nbackend = \"simulated\"\n");
         assert_eq!(e.key.as_deref(), Some("models[0].name"));
+    }
+
+    #[test]
+    fn process_durations_are_bounded() {
+        let process = |extra: &str| {
+            format!(
+                "[[models]]\nname = \"a\"\nbackend = \"process\"\n[models.process]\ncommand = [\"x\"]\n{extra}\n"
+            )
+        };
+        let e = error(&process("cancel_grace_ms = 18446744073709551615"));
+        assert_eq!(e.key.as_deref(), Some("models[0].process.cancel_grace_ms"));
+        for bad in ["start_timeout_ms = 0", "start_timeout_ms = 600001"] {
+            let e = error(&process(bad));
+            assert_eq!(e.key.as_deref(), Some("models[0].process.start_timeout_ms"));
+        }
+        let config = Config::from_toml(&process(""), "t").expect("defaults are valid");
+        let defaults = config.models[0].process.as_ref().expect("process table");
+        assert_eq!(defaults.start_timeout_ms, DEFAULT_START_TIMEOUT_MS);
+        assert_eq!(defaults.cancel_grace_ms, DEFAULT_CANCEL_GRACE_MS);
     }
 }

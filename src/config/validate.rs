@@ -6,10 +6,11 @@ use std::collections::HashSet;
 use std::fmt::Display;
 
 use crate::config::{
-    BackendKind, Config, MAX_CONCURRENT_STREAMS, MAX_HEALTH_INTERVAL_MS, MAX_HTTP_TIMEOUT_MS,
-    MAX_MAX_TOKENS, MAX_MESSAGE_BYTES, MAX_QUEUE_CAPACITY, MAX_SHUTDOWN_GRACE_SECONDS,
-    MAX_SIMULATED_LATENCY_MS, MAX_SIMULATED_OUTPUT_TOKENS, MAX_TIMEOUT_MS, MAX_WORKERS,
-    MIN_HEALTH_INTERVAL_MS, MIN_MESSAGE_BYTES, ModelConfig, redact_url,
+    BackendKind, Config, MAX_CANCEL_GRACE_MS, MAX_CONCURRENT_STREAMS, MAX_HEALTH_INTERVAL_MS,
+    MAX_HTTP_TIMEOUT_MS, MAX_MAX_TOKENS, MAX_MESSAGE_BYTES, MAX_QUEUE_CAPACITY,
+    MAX_SHUTDOWN_GRACE_SECONDS, MAX_SIMULATED_LATENCY_MS, MAX_SIMULATED_OUTPUT_TOKENS,
+    MAX_START_TIMEOUT_MS, MAX_TIMEOUT_MS, MAX_WORKERS, MIN_HEALTH_INTERVAL_MS, MIN_MESSAGE_BYTES,
+    ModelConfig, redact_url,
 };
 
 /// Checks that `value` of `key` lies in `min..=max`, saying so otherwise.
@@ -154,6 +155,10 @@ fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, St
                     "must name a program, e.g. [\"python3\", \"worker.py\"]".into(),
                 ));
             }
+            let grace = process.cancel_grace_ms;
+            within("process.cancel_grace_ms", grace, 0, MAX_CANCEL_GRACE_MS)?;
+            let start = process.start_timeout_ms;
+            within("process.start_timeout_ms", start, 1, MAX_START_TIMEOUT_MS)?;
         }
         BackendKind::Openai => {
             let Some(openai) = &model.openai else {

@@ -150,7 +150,7 @@ fn describe() {
     describe_counter!(
         REJECTED_TOTAL,
         Unit::Count,
-        "Calls refused or expired, by reason: queue_full, deadline, shutting_down, invalid_argument, not_found (requests)."
+        "Calls refused or expired, by reason: queue_full, deadline (expired, or refused at admission when the queue ahead cannot meet it), shutting_down, model_down (no worker ready), invalid_argument, not_found (requests)."
     );
     describe_counter!(
         CANCELLED_TOTAL,

@@ -65,10 +65,11 @@ pub fn code_name(code: Code) -> &'static str {
 }
 
 /// The reasons counted in `infergate_rejected_total`.
-const REJECT_REASONS: [&str; 5] = [
+const REJECT_REASONS: [&str; 6] = [
     "queue_full",
     "deadline",
     "shutting_down",
+    "model_down",
     "invalid_argument",
     "not_found",
 ];

@@ -22,8 +22,8 @@ mod running;
 mod worker;
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use tokio::sync::{Semaphore, TryAcquireError};
@@ -68,6 +68,13 @@ pub(crate) struct Shared {
     pub(crate) inflight: AtomicUsize,
     /// Workers that have a backend ready (started, not broken).
     pub(crate) ready: AtomicUsize,
+    /// Workers without a backend since a failed start or a broken one;
+    /// when all are down the pool refuses calls at once.
+    pub(crate) down: AtomicUsize,
+    /// Why the last start failed (a message safe for clients).
+    start_error: Mutex<Option<String>>,
+    /// Set when the pool closes: wakes down workers waiting to restart.
+    pub(crate) closing: CancelSignal,
     /// Set by `abort`: calls cut off now get UNAVAILABLE, not silence.
     pub(crate) aborted: AtomicBool,
     /// The model's metric handles.
@@ -96,6 +103,9 @@ impl WorkerPool {
             calls: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
             ready: AtomicUsize::new(0),
+            down: AtomicUsize::new(0),
+            start_error: Mutex::new(None),
+            closing: CancelSignal::new(),
             aborted: AtomicBool::new(false),
             metrics: Arc::new(ModelMetrics::new(model)),
         });
@@ -138,6 +148,9 @@ impl WorkerPool {
         reply: Reply,
     ) -> Result<Ticket, Error> {
         let shared = &self.shared;
+        if shared.down.load(Ordering::Acquire) >= shared.workers {
+            return Err(shared.down_error());
+        }
         if let Some(wait) = shared
             .estimate
             .least_wait(shared.queue.len(), shared.workers)
@@ -171,16 +184,23 @@ impl WorkerPool {
             span: tracing::Span::current(),
             _permit: permit,
         };
-        match shared.queue.push(job) {
-            Ok(id) => Ok(Ticket {
-                id,
-                _inflight: InflightGuard::new(shared),
-                shared: shared.clone(),
-                cancel,
-                settled: false,
-            }),
-            Err(_) => Err(Error::ShuttingDown),
+        let Ok(id) = shared.queue.push(job) else {
+            return Err(Error::ShuttingDown);
+        };
+        // The last worker may have gone down (and failed the queue) since
+        // the check above: then nobody would run this call.
+        if shared.down.load(Ordering::Acquire) >= shared.workers
+            && shared.queue.remove(id).is_some()
+        {
+            return Err(shared.down_error());
         }
+        Ok(Ticket {
+            id,
+            _inflight: InflightGuard::new(shared),
+            shared: shared.clone(),
+            cancel,
+            settled: false,
+        })
     }
 
     /// The pool's size and load right now.
@@ -207,6 +227,7 @@ impl WorkerPool {
     pub(crate) fn close(&self) {
         self.shared.admission.close();
         self.shared.queue.close();
+        self.shared.closing.cancel();
     }
 
     /// Worker threads that have not ended yet (after `close`, each ends once
@@ -235,7 +256,32 @@ impl Drop for WorkerPool {
     fn drop(&mut self) {
         // The workers exit once the queue is empty; they are not joined, so
         // that dropping a pool never blocks an async caller.
-        self.shared.queue.close();
+        self.close();
+    }
+}
+
+impl Shared {
+    /// Records why a backend could not start, for the calls refused while
+    /// the model is down.
+    pub(crate) fn set_start_error(&self, message: String) {
+        *self
+            .start_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(message);
+    }
+
+    /// The error of a call to a model none of whose workers is up.
+    pub(crate) fn down_error(&self) -> Error {
+        let why = self
+            .start_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| "its backends are restarting".to_string());
+        Error::ModelDown {
+            model: self.model.clone(),
+            why,
+        }
     }
 }
 

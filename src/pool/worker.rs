@@ -6,6 +6,12 @@
 //! is broken (its process died, hung, or wrote garbage); the thread lives
 //! on, so the pool keeps its full size. A backend that keeps failing is
 //! restarted with an exponential back-off.
+//!
+//! A worker without a backend takes no calls (the healthy workers serve
+//! them) and starts a new backend as soon as its back-off allows, not when
+//! the next call comes. A worker whose start failed is *down*; when every
+//! worker is down, the calls waiting are failed and new ones refused at
+//! once (see `WorkerPool::submit`) until one starts again.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -13,8 +19,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::backend::{
-    Backend, BackendError, BackendErrorKind, CallContext, Completion, GenerateParams, Health,
-    TokenSink,
+    Backend, BackendError, CallContext, Completion, GenerateParams, Health, TokenSink,
 };
 use crate::cancel::CancelSignal;
 use crate::deadline::Deadline;
@@ -45,8 +50,8 @@ struct Slot {
     failures: u32,
     /// No start is tried before this.
     next_start: Instant,
-    /// Why the last start failed, for the calls that find no backend.
-    last_error: Option<BackendError>,
+    /// Counted in the pool's `down`: no backend since a failure.
+    down: bool,
 }
 
 impl Slot {
@@ -55,7 +60,7 @@ impl Slot {
             backend: None,
             failures: 0,
             next_start: Instant::now(),
-            last_error: None,
+            down: false,
         }
     }
 
@@ -65,13 +70,14 @@ impl Slot {
             Ok(backend) => {
                 self.backend = Some(backend);
                 shared.ready.fetch_add(1, Ordering::Relaxed);
-                self.last_error = None;
+                self.set_down(shared, false);
             }
             Err(error) => {
                 tracing::warn!(model = %shared.model, worker = index, %error, "backend could not start");
                 shared.metrics.worker_restarted("start_failed");
+                shared.set_start_error(error.message);
+                self.set_down(shared, true);
                 self.failed();
-                self.last_error = Some(error);
             }
         }
     }
@@ -95,59 +101,51 @@ impl Slot {
         tracing::warn!(model = %shared.model, worker = index, reason, "replacing the backend");
     }
 
-    /// Makes sure there is a backend for a call due by `deadline`: starts
-    /// one if needed, waiting out the back-off unless the call ends or
-    /// expires first.
-    fn ensure(
-        &mut self,
-        index: usize,
-        shared: &Shared,
-        cancel: &CancelSignal,
-        deadline: &Deadline,
-    ) -> Result<(), BackendError> {
-        if self.backend.is_some() {
-            return Ok(());
+    /// Marks the worker down or up, keeping the pool's count. The last
+    /// worker to go down fails the calls still waiting: nobody would run
+    /// them before their deadlines.
+    fn set_down(&mut self, shared: &Shared, down: bool) {
+        if self.down == down {
+            return;
         }
-        if self.next_start > deadline.at() || cancel.wait_until(self.next_start) {
-            return Err(self.start_error());
+        self.down = down;
+        if !down {
+            shared.down.fetch_sub(1, Ordering::AcqRel);
+            return;
         }
-        self.start(index, shared);
-        if self.backend.is_some() {
-            Ok(())
-        } else {
-            Err(self.start_error())
+        if shared.down.fetch_add(1, Ordering::AcqRel) + 1 >= shared.workers {
+            for job in shared.queue.drain() {
+                let _entered = job.span.enter();
+                job.reply
+                    .finish(Err(shared.down_error()), &job.cancel, &job.deadline);
+            }
         }
-    }
-
-    fn start_error(&self) -> BackendError {
-        let why = self
-            .last_error
-            .as_ref()
-            .map_or_else(|| "it is restarting".to_string(), |e| e.message.clone());
-        BackendError::new(
-            BackendErrorKind::Unavailable,
-            format!("no worker backend is available: {why}"),
-        )
     }
 }
 
-/// Runs jobs until the queue is closed and empty. A worker whose backend
-/// is down starts a new one as soon as its back-off allows, not when the
-/// next call comes, so the model is ready again without a call failing.
+/// Runs jobs until the queue is closed and empty.
 pub(crate) fn run(index: usize, shared: Arc<Shared>) {
     let mut slot = Slot::new();
     slot.start(index, &shared);
     loop {
-        let restart_at = slot.backend.is_none().then_some(slot.next_start);
-        match shared.queue.pop_until(restart_at) {
+        if slot.backend.is_none() {
+            // Down: wait out the back-off (unless the pool closes), then
+            // try again. Calls go to the other workers meanwhile.
+            if shared.closing.wait_until(slot.next_start) {
+                break;
+            }
+            slot.start(index, &shared);
+            continue;
+        }
+        match shared.queue.pop_until(None) {
             Popped::Job(job) => run_job(index, &shared, &mut slot, job),
-            Popped::Timeout => slot.start(index, &shared),
-            Popped::Closed => break,
+            Popped::Timeout | Popped::Closed => break,
         }
     }
     if slot.backend.take().is_some() {
         shared.ready.fetch_sub(1, Ordering::Relaxed);
     }
+    slot.set_down(&shared, false);
     tracing::debug!(model = %shared.model, worker = index, "worker stopped");
 }
 
@@ -178,18 +176,9 @@ fn run_job(index: usize, shared: &Shared, slot: &mut Slot, job: Job) {
         reply.finish(Err(expired), &cancel, &deadline);
         return;
     }
-    if let Err(source) = slot.ensure(index, shared, &cancel, &deadline) {
-        if !cancel.is_cancelled() {
-            let error = Error::Backend {
-                model: model(),
-                source,
-            };
-            reply.finish(Err(error), &cancel, &deadline);
-        }
-        return;
-    }
-    // `ensure` succeeded, so there is a backend.
+    // A worker takes calls only while it has a backend.
     let Some(backend) = slot.backend.as_mut() else {
+        reply.finish(Err(shared.down_error()), &cancel, &deadline);
         return;
     };
 

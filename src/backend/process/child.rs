@@ -1,24 +1,35 @@
-//! One worker process: spawning it, writing its stdin, reading its stdout
-//! lines and the tail of its stderr on two helper threads, and ending it.
+//! One worker process: spawning it (in its own process group, see
+//! [`group`](super::group)), writing its stdin on a writer thread, reading
+//! its stdout lines and the tail of its stderr on two more, and ending it.
+//!
+//! Writes go through a thread so that a worker that stops reading its
+//! stdin (a full pipe) blocks only that thread, never the call: the call
+//! keeps its deadline and kills the process, which ends the write.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::process::{ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::ProcessConfig;
 
+use super::group::ProcessGroup;
+
 /// Longest line a worker may write; a longer one is a protocol error (and
 /// keeps a broken worker from filling the gateway's memory).
 pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
-/// Bytes of stderr kept for error messages.
+/// Bytes of stderr kept for the log.
 const STDERR_TAIL_BYTES: usize = 2048;
 /// Lines buffered between the stdout reader thread and the backend.
 const LINE_BUFFER: usize = 256;
-/// How long a worker gets to exit after its stdin closes, before it is
-/// killed.
+/// Lines waiting for the writer thread: a call writes its request and at
+/// most a cancel line, so a full queue means the worker stopped reading.
+const WRITE_BUFFER: usize = 4;
+/// How long a worker gets to exit after its stdin closes, before its group
+/// is killed.
 const EXIT_WAIT: Duration = Duration::from_millis(300);
 
 /// What reading the worker's stdout gave.
@@ -33,10 +44,22 @@ pub enum Received {
     Closed,
 }
 
+/// Why a line could not be handed to the writer thread.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// Earlier lines are still unwritten: the worker is not reading.
+    Stuck,
+    /// The pipe is closed: the worker exited or closed its stdin.
+    Closed,
+}
+
 /// A running worker process.
 pub struct Child {
-    process: std::process::Child,
-    stdin: Option<ChildStdin>,
+    group: ProcessGroup,
+    /// Feeds the writer thread; `None` once stdin is closed.
+    stdin: Option<SyncSender<String>>,
+    /// Lines handed to the writer thread and not yet fully written.
+    unwritten: Arc<AtomicUsize>,
     lines: Receiver<Result<String, ()>>,
     stderr: Arc<Mutex<Tail>>,
 }
@@ -61,15 +84,24 @@ impl Child {
         if let Some(cwd) = &config.cwd {
             command.current_dir(cwd);
         }
-        let mut process = command.spawn()?;
+        let mut group = ProcessGroup::spawn(&mut command)?;
+        let process = group.leader();
         let missing = || io::Error::other("the child's pipes were not set up");
         let stdin = process.stdin.take().ok_or_else(missing)?;
         let stdout = process.stdout.take().ok_or_else(missing)?;
         let stderr = process.stderr.take().ok_or_else(missing)?;
 
         let (tx, lines) = sync_channel(LINE_BUFFER);
+        let (to_stdin, writes) = sync_channel(WRITE_BUFFER);
+        let unwritten = Arc::new(AtomicUsize::new(0));
         let tail = Arc::new(Mutex::new(Tail::default()));
         let name = format!("{model}-{worker}");
+        std::thread::Builder::new()
+            .name(format!("{name}-in"))
+            .spawn({
+                let unwritten = unwritten.clone();
+                move || write_lines(stdin, &writes, &unwritten)
+            })?;
         std::thread::Builder::new()
             .name(format!("{name}-out"))
             .spawn(move || read_lines(stdout, tx))?;
@@ -81,26 +113,40 @@ impl Child {
                 move || read_stderr(stderr, &tail, &model, worker)
             })?;
         Ok(Child {
-            process,
-            stdin: Some(stdin),
+            group,
+            stdin: Some(to_stdin),
+            unwritten,
             lines,
             stderr: tail,
         })
     }
 
-    /// The worker's process id.
+    /// The process group's id: the supervisor's pid on Linux (the worker's
+    /// own pid elsewhere).
     pub fn pid(&self) -> u32 {
-        self.process.id()
+        self.group.pid()
     }
 
-    /// Writes one line (with its newline) to the worker.
-    pub fn send(&mut self, line: &str) -> io::Result<()> {
-        let stdin = self
-            .stdin
-            .as_mut()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        stdin.write_all(line.as_bytes())?;
-        stdin.flush()
+    /// Hands one line (with its newline) to the writer thread, without
+    /// waiting for it to be written.
+    pub fn send(&mut self, line: String) -> Result<(), SendError> {
+        let stdin = self.stdin.as_ref().ok_or(SendError::Closed)?;
+        self.unwritten.fetch_add(1, Ordering::AcqRel);
+        let sent = stdin.try_send(line);
+        if sent.is_err() {
+            self.unwritten.fetch_sub(1, Ordering::AcqRel);
+        }
+        match sent {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(SendError::Stuck),
+            Err(TrySendError::Disconnected(_)) => Err(SendError::Closed),
+        }
+    }
+
+    /// Whether lines handed to [`send`](Self::send) are still unwritten:
+    /// the worker has not read them (yet).
+    pub fn unread(&self) -> bool {
+        self.unwritten.load(Ordering::Acquire) > 0
     }
 
     /// The next stdout line, waiting at most `wait`.
@@ -113,42 +159,53 @@ impl Child {
         }
     }
 
-    /// The last lines the worker wrote to stderr.
-    pub fn stderr_tail(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .text()
-    }
-
-    /// The exit status, waiting up to `wait` for the process to end.
-    pub fn exit_status(&mut self, wait: Duration) -> Option<ExitStatus> {
+    /// The last lines the worker wrote to stderr, for the log: waits up
+    /// to `wait` for stderr to close, so a dead worker's last words are in.
+    pub fn stderr_tail(&self, wait: Duration) -> String {
         let until = Instant::now() + wait;
         loop {
-            match self.process.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(5)),
-                _ => return None,
+            let tail = self.stderr.lock().unwrap_or_else(PoisonError::into_inner);
+            if tail.closed || Instant::now() >= until {
+                return tail.text();
             }
+            drop(tail);
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
-    /// Kills the worker and reaps it.
+    /// The exit status, waiting up to `wait` for the process to end; then
+    /// the group is killed either way.
+    pub fn exit_status(&mut self, wait: Duration) -> Option<ExitStatus> {
+        self.group.wait_exit(wait)
+    }
+
+    /// Kills the worker's whole process group and reaps it.
     pub fn kill(&mut self) {
         self.stdin = None;
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        self.group.kill();
     }
 }
 
 impl Drop for Child {
     fn drop(&mut self) {
-        // Closing stdin asks a well-behaved worker to exit; then it is
-        // killed. Runs on a worker thread, so the short wait blocks nothing
-        // async.
+        // Closing stdin asks a well-behaved worker to exit; then its group
+        // is killed (whatever it started, too). Bounded by EXIT_WAIT: runs
+        // on a worker thread, or wherever the backend is dropped.
         self.stdin = None;
-        if self.exit_status(EXIT_WAIT).is_none() {
-            self.kill();
+        self.group.wait_exit(EXIT_WAIT);
+    }
+}
+
+/// The writer thread: writes each line whole, until the channel or the pipe
+/// closes. Dropping `stdin` at the end closes the worker's stdin.
+fn write_lines(mut stdin: ChildStdin, lines: &Receiver<String>, unwritten: &AtomicUsize) {
+    for line in lines {
+        let written = stdin
+            .write_all(line.as_bytes())
+            .and_then(|()| stdin.flush());
+        unwritten.fetch_sub(1, Ordering::AcqRel);
+        if written.is_err() {
+            return;
         }
     }
 }
@@ -180,12 +237,13 @@ fn read_lines(stdout: impl Read, tx: SyncSender<Result<String, ()>>) {
 
 fn read_stderr(stderr: impl Read, tail: &Mutex<Tail>, model: &str, worker: usize) {
     for line in BufReader::new(stderr).lines() {
-        let Ok(line) = line else { return };
+        let Ok(line) = line else { break };
         tracing::debug!(model, worker, "worker stderr: {line}");
         tail.lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(line);
     }
+    tail.lock().unwrap_or_else(PoisonError::into_inner).closed = true;
 }
 
 /// The last [`STDERR_TAIL_BYTES`] of stderr, in whole lines.
@@ -193,6 +251,8 @@ fn read_stderr(stderr: impl Read, tail: &Mutex<Tail>, model: &str, worker: usize
 struct Tail {
     lines: VecDeque<String>,
     bytes: usize,
+    /// Stderr has closed: nothing more will come.
+    closed: bool,
 }
 
 impl Tail {

@@ -3,17 +3,29 @@
 //! (see [`protocol`]).
 //!
 //! `workers = N` processes give real parallelism even for CPU-bound Python,
-//! since each has its own interpreter. A worker that exits mid-call fails
-//! that call UNAVAILABLE, with the tail of its stderr; one that writes a
-//! line that is not the protocol fails it INTERNAL. Either way it is
-//! replaced (with a back-off if it keeps failing, see the pool's worker
-//! loop). A cancelled or expired call is signalled with a `cancel` line; a
-//! worker that has not answered within `cancel_grace_ms` is killed and
-//! restarted.
+//! since each has its own interpreter. A worker counts as started once it
+//! sent its ready line, within `start_timeout_ms`. A worker that exits
+//! mid-call fails that call UNAVAILABLE; one that writes a line that is not
+//! the protocol fails it INTERNAL. Either way it is replaced (with a
+//! back-off if it keeps failing, see the pool's worker loop). A cancelled or
+//! expired call is signalled with a `cancel` line; a worker that has not
+//! answered within `cancel_grace_ms`, or has not even read the request, is
+//! killed with its whole process group and restarted.
+//!
+//! What a worker writes to stderr, the texts of its errors and the lines
+//! that break the protocol go to the log at warn (inside the call's span,
+//! so with its request id), never to the client, which reads a short
+//! message saying what failed. The one channel from worker to client is an
+//! error line marked `public` (see [`protocol`]).
 
 mod child;
+mod group;
 pub mod protocol;
+mod start;
+#[cfg(target_os = "linux")]
+mod supervisor;
 
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use crate::backend::{
@@ -21,15 +33,21 @@ use crate::backend::{
     count_words,
 };
 use crate::config::ProcessConfig;
-use child::{Child, MAX_LINE_BYTES, Received};
-use protocol::{FromWorker, ToWorker, error_kind, finish_reason};
+use child::{Child, MAX_LINE_BYTES, Received, SendError};
+use protocol::{FromWorker, ToWorker, error_kind, finish_reason, public_message};
 
 /// How often a waiting backend checks for cancellation.
 const POLL: Duration = Duration::from_millis(20);
 /// How long to wait for a worker that closed its stdout to report its exit.
 const EXIT_STATUS_WAIT: Duration = Duration::from_millis(500);
-/// Bytes of a malformed line quoted in the error.
+/// How long to wait for the rest of a dead worker's stderr, for the log.
+const STDERR_WAIT: Duration = Duration::from_millis(200);
+/// Bytes of a malformed line quoted in the log.
 const QUOTE_BYTES: usize = 200;
+/// Bytes of a worker's error text and detail written to the log.
+const LOG_BYTES: usize = 8 * 1024;
+/// What the client reads when a worker failed a call with a private error.
+const WORKER_FAILED: &str = "the worker failed (see the gateway log)";
 
 /// Starts the worker processes of a model.
 #[derive(Debug, Clone)]
@@ -53,17 +71,10 @@ impl BackendFactory for ProcessFactory {
         "process"
     }
 
+    /// Starts a worker and waits, up to `start_timeout_ms`, for its ready
+    /// line. Blocks: runs on the pool's worker thread.
     fn create(&self, worker: usize) -> Result<Box<dyn Backend>, BackendError> {
-        let child = Child::spawn(&self.config, &self.model, worker).map_err(|e| {
-            BackendError::new(
-                BackendErrorKind::Unavailable,
-                format!(
-                    "cannot start worker `{}`: {e}",
-                    self.config.command.join(" ")
-                ),
-            )
-        })?;
-        tracing::info!(model = %self.model, worker, pid = child.pid(), "worker process started");
+        let child = start::start(&self.config, &self.model, worker)?;
         Ok(Box::new(ProcessBackend {
             child,
             next_id: 0,
@@ -86,25 +97,20 @@ impl ProcessBackend {
     /// The worker exited (or closed its pipes) during a call.
     fn died(&mut self) -> BackendError {
         self.broken = Some("exited");
-        let status = match self.child.exit_status(EXIT_STATUS_WAIT) {
-            Some(status) => status.to_string(),
-            None => {
-                self.child.kill();
-                "closed its output".to_string()
-            }
-        };
-        let tail = self.child.stderr_tail();
-        let tail = if tail.is_empty() {
-            "(nothing on stderr)".to_string()
-        } else {
-            format!("its stderr ended with:\n{tail}")
-        };
+        let status = self
+            .child
+            .exit_status(EXIT_STATUS_WAIT)
+            .as_ref()
+            .map_or_else(|| "it closed its output".to_string(), ExitStatus::to_string);
+        tracing::warn!(
+            group = self.child.pid(),
+            %status,
+            stderr = ?self.child.stderr_tail(STDERR_WAIT),
+            "worker process exited during the call"
+        );
         BackendError::new(
             BackendErrorKind::Unavailable,
-            format!(
-                "worker process {} failed during the call ({status}); {tail}",
-                self.child.pid()
-            ),
+            format!("worker process exited during the call ({status}); see the gateway log"),
         )
     }
 
@@ -112,25 +118,45 @@ impl ProcessBackend {
     fn malformed(&mut self, what: String) -> BackendError {
         self.broken = Some("malformed");
         self.child.kill();
+        tracing::warn!(
+            group = self.child.pid(),
+            stderr = ?self.child.stderr_tail(STDERR_WAIT),
+            "worker process broke the protocol: {what}"
+        );
         BackendError::new(
             BackendErrorKind::Internal,
-            format!(
-                "worker process {} broke the protocol: {what}",
-                self.child.pid()
-            ),
+            "worker process broke the protocol; see the gateway log",
         )
     }
 
+    /// Kills the worker's process group: the call ends as cancelled.
+    fn stop(&mut self, reason: &'static str) -> BackendError {
+        self.broken = Some(reason);
+        self.child.kill();
+        BackendError::cancelled()
+    }
+
     /// Tells the worker to stop call `id`, waits for its answer up to the
-    /// grace, and kills it if none comes.
+    /// grace, and kills it if none comes. A worker that has not even read
+    /// the request cannot read the cancel line: it is killed at once.
     fn cancel(&mut self, id: u64, ctx: &CallContext<'_>) -> BackendError {
         let reason = if Instant::now() >= ctx.deadline() {
             "hung"
         } else {
             "cancelled"
         };
-        if self.child.send(&ToWorker::Cancel { id }.to_line()).is_err() {
-            return self.died();
+        if self.child.unread() {
+            tracing::warn!(
+                group = self.child.pid(),
+                reason,
+                "worker process has not read its request; killing it"
+            );
+            return self.stop(reason);
+        }
+        match self.child.send(ToWorker::Cancel { id }.to_line()) {
+            Ok(()) => {}
+            Err(SendError::Stuck) => return self.stop(reason),
+            Err(SendError::Closed) => return self.died(),
         }
         let until = Instant::now() + self.cancel_grace;
         loop {
@@ -148,19 +174,38 @@ impl ProcessBackend {
                 },
                 Received::TooLong => return self.malformed(too_long()),
                 Received::Closed => return self.died(),
+                Received::Timeout if Instant::now() < until => {}
                 Received::Timeout => {
                     tracing::warn!(
-                        pid = self.child.pid(),
+                        group = self.child.pid(),
                         reason,
                         grace_ms = self.cancel_grace.as_millis(),
-                        "worker did not stop after a cancel line; killing it"
+                        "worker process did not stop after a cancel line; killing it"
                     );
-                    self.broken = Some(reason);
-                    self.child.kill();
-                    return BackendError::cancelled();
+                    return self.stop(reason);
                 }
             }
         }
+    }
+
+    /// An error line: its code always, its message only if public.
+    fn failed(
+        message: &str,
+        code: Option<&str>,
+        public: bool,
+        detail: Option<&str>,
+    ) -> BackendError {
+        let kind = error_kind(code);
+        if public {
+            return BackendError::new(kind, public_message(message));
+        }
+        tracing::warn!(
+            code = code.unwrap_or("internal"),
+            error = ?clip(message, LOG_BYTES),
+            detail = ?clip(detail.unwrap_or(""), LOG_BYTES),
+            "worker failed the call"
+        );
+        BackendError::new(kind, WORKER_FAILED)
     }
 }
 
@@ -174,12 +219,23 @@ impl Backend for ProcessBackend {
         let id = self.next_id;
         let left = ctx.deadline().saturating_duration_since(Instant::now());
         let timeout_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-        if self
+        match self
             .child
-            .send(&ToWorker::request(id, params, timeout_ms).to_line())
-            .is_err()
+            .send(ToWorker::request(id, params, timeout_ms).to_line())
         {
-            return Err(self.died());
+            Ok(()) => {}
+            Err(SendError::Closed) => return Err(self.died()),
+            Err(SendError::Stuck) => {
+                tracing::warn!(
+                    group = self.child.pid(),
+                    "worker process stopped reading its input; killing it"
+                );
+                self.stop("hung");
+                return Err(BackendError::new(
+                    BackendErrorKind::Unavailable,
+                    "worker process stopped reading its input; see the gateway log",
+                ));
+            }
         }
         let mut tokens = 0u32;
         loop {
@@ -199,7 +255,7 @@ impl Backend for ProcessBackend {
                 Ok(message) => message,
                 Err(e) => return Err(self.malformed(format!("{e}: {}", quote(&line)))),
             };
-            if message.id() != id {
+            if message.id() != Some(id) {
                 // A late answer to an earlier, cancelled call.
                 continue;
             }
@@ -231,9 +287,21 @@ impl Backend for ProcessBackend {
                         completion_tokens: completion_tokens.unwrap_or(generated),
                     });
                 }
-                FromWorker::Error { message, code, .. } => {
-                    return Err(BackendError::new(error_kind(code.as_deref()), message));
+                FromWorker::Error {
+                    message,
+                    code,
+                    public,
+                    detail,
+                    ..
+                } => {
+                    return Err(Self::failed(
+                        &message,
+                        code.as_deref(),
+                        public,
+                        detail.as_deref(),
+                    ));
                 }
+                FromWorker::Ready { .. } => {}
             }
         }
     }
@@ -243,6 +311,16 @@ impl Backend for ProcessBackend {
     }
 }
 
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A line for the log: at most [`QUOTE_BYTES`] of it, escaped.
 fn quote(line: &str) -> String {
     let mut end = line.len().min(QUOTE_BYTES);
     while !line.is_char_boundary(end) {

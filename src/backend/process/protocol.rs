@@ -1,21 +1,58 @@
 //! The JSON-lines protocol between the gateway and a worker process.
 //!
-//! One JSON object per line, UTF-8, `\n`-terminated. The gateway writes a
-//! `request` to the worker's stdin; the worker answers on its stdout with
-//! zero or more `token` lines, then exactly one `result` or `error` line,
-//! each carrying the request's `id`. The gateway may write a `cancel` line
-//! for the request in progress; the worker should then stop and answer with
-//! an `error` (or its `result`) soon. Logs go to stderr, never stdout.
+//! One JSON object per line, UTF-8, `\n`-terminated. Logs go to stderr,
+//! never stdout; the gateway logs them, and never sends them to a client.
+//!
+//! **Start-up.** The worker's first stdout line is `{"type":"ready"}` (it
+//! may add `"pid"`, its process id, for the log), sent once it can take
+//! calls, i.e. after loading its model. The gateway counts the worker ready
+//! only then: a worker that exits first, or sends nothing within the
+//! model's `start_timeout_ms`, failed to start (its process group is killed
+//! and it is started again, with a back-off). Lines before the ready line
+//! that are not JSON (a library printing a banner) are logged and skipped.
+//!
+//! **Calls.** The gateway writes a `request` to the worker's stdin; the
+//! worker answers on its stdout with zero or more `token` lines, then
+//! exactly one `result` or `error` line, each carrying the request's `id`.
+//! The gateway may write a `cancel` line for the request in progress; the
+//! worker should then stop and answer with an `error` (or its `result`)
+//! within the model's `cancel_grace_ms`, or it is killed and replaced. A
+//! worker that does not read its stdin at the call's deadline is killed at
+//! once. Answers carrying another `id` (late answers to a cancelled call)
+//! are ignored.
 //!
 //! ```text
+//! ← {"type":"ready","pid":4242}
 //! → {"type":"request","id":7,"model":"py","prompt":"hi","messages":null,"max_tokens":16,
 //!    "temperature":null,"stop":[],"seed":null,"timeout_ms":60000}
 //! ← {"type":"token","id":7,"text":"Hel"}
 //! ← {"type":"token","id":7,"text":"lo"}
 //! ← {"type":"result","id":7,"finish_reason":"stop"}
-//! → {"type":"cancel","id":8}
-//! ← {"type":"error","id":8,"code":"cancelled","message":"stopped"}
+//! → {"type":"request","id":8,…}
+//! ← {"type":"error","id":8,"code":"invalid_argument","message":"no images","public":true}
+//! → {"type":"request","id":9,…}
+//! ← {"type":"error","id":9,"code":"internal","message":"RuntimeError: db password=…",
+//!    "detail":"Traceback (most recent call last): …"}
+//! → {"type":"cancel","id":10}
+//! ← {"type":"error","id":10,"code":"cancelled","message":"cancelled","public":true}
 //! ```
+//!
+//! **Errors.** An `error` line's `code` (one of [`error_kind`]'s, default
+//! `internal`) picks the client's gRPC code. Its `message` reaches the
+//! client only when the line says `"public": true`, i.e. the worker meant
+//! it for the client (the Python library's `WorkerError`), and then at most
+//! [`MAX_PUBLIC_MESSAGE_CHARS`] characters of it. Otherwise (the default:
+//! an exception's text may hold anything, a password included) the message
+//! and the optional `detail` (a traceback) go to the gateway's log at warn,
+//! with the call's request id, and the client reads only that the worker
+//! failed.
+//!
+//! **Processes.** Each worker runs in a process group of its own, with
+//! whatever it starts; the group is killed when the worker is cancelled and
+//! does not stop, is restarted, or exits, and when the gateway exits or
+//! dies (on Linux, a small supervisor process watches for that). A process
+//! that leaves the group (`setsid`) is the worker's to clean up. The worker
+//! should exit when its stdin closes.
 
 use serde::{Deserialize, Serialize};
 
@@ -98,10 +135,19 @@ fn wire(message: &ChatMessage) -> WireMessage<'_> {
     }
 }
 
+/// Characters of a public error message passed to the client.
+pub const MAX_PUBLIC_MESSAGE_CHARS: usize = 200;
+
 /// A line from the worker to the gateway.
 #[derive(Debug, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FromWorker {
+    /// The worker can take calls: its first line.
+    Ready {
+        /// The worker's process id, for the log.
+        #[serde(default)]
+        pid: Option<u32>,
+    },
     /// The next piece of text.
     Token {
         /// The call's id.
@@ -130,22 +176,39 @@ pub enum FromWorker {
     Error {
         /// The call's id.
         id: u64,
-        /// What went wrong (sent to the client).
+        /// What went wrong: for the client if `public`, else for the log.
+        #[serde(default)]
         message: String,
-        /// One of the codes below; default "internal".
+        /// One of [`error_kind`]'s codes; default "internal".
         #[serde(default)]
         code: Option<String>,
+        /// The worker meant `message` for the client.
+        #[serde(default)]
+        public: bool,
+        /// More for the log (a traceback); never sent to the client.
+        #[serde(default)]
+        detail: Option<String>,
     },
 }
 
 impl FromWorker {
-    /// The id the line answers.
-    pub fn id(&self) -> u64 {
+    /// The id of the call the line answers (none for `ready`).
+    pub fn id(&self) -> Option<u64> {
         match self {
+            FromWorker::Ready { .. } => None,
             FromWorker::Token { id, .. }
             | FromWorker::Result { id, .. }
-            | FromWorker::Error { id, .. } => *id,
+            | FromWorker::Error { id, .. } => Some(*id),
         }
+    }
+}
+
+/// A public error message as the client gets it: at most
+/// [`MAX_PUBLIC_MESSAGE_CHARS`] characters.
+pub fn public_message(message: &str) -> String {
+    match message.char_indices().nth(MAX_PUBLIC_MESSAGE_CHARS) {
+        Some((end, _)) => format!("{}…", &message[..end]),
+        None => message.to_string(),
     }
 }
 
@@ -208,18 +271,31 @@ mod tests {
             }
         );
         let result: FromWorker = serde_json::from_str(r#"{"type":"result","id":1}"#).unwrap();
-        assert_eq!(result.id(), 1);
+        assert_eq!(result.id(), Some(1));
+        let ready: FromWorker = serde_json::from_str(r#"{"type":"ready","pid":9}"#).unwrap();
+        assert_eq!(ready, FromWorker::Ready { pid: Some(9) });
+        assert_eq!(ready.id(), None);
         let error: FromWorker = serde_json::from_str(
             r#"{"type":"error","id":2,"message":"no","code":"resource_exhausted"}"#,
         )
         .unwrap();
-        let FromWorker::Error { code, .. } = error else {
+        let FromWorker::Error { code, public, .. } = error else {
             panic!()
         };
         assert_eq!(
             error_kind(code.as_deref()),
             BackendErrorKind::ResourceExhausted
         );
+        assert!(!public, "messages are private unless the worker says so");
         assert!(serde_json::from_str::<FromWorker>(r#"{"type":"bogus"}"#).is_err());
+    }
+
+    #[test]
+    fn public_messages_are_bounded() {
+        assert_eq!(public_message("short"), "short");
+        let long = "é".repeat(MAX_PUBLIC_MESSAGE_CHARS + 50);
+        let cut = public_message(&long);
+        assert_eq!(cut.chars().count(), MAX_PUBLIC_MESSAGE_CHARS + 1);
+        assert!(cut.ends_with('…'));
     }
 }
