@@ -3,7 +3,10 @@
 
 use std::collections::HashSet;
 
-use crate::config::{BackendKind, Config, MAX_QUEUE_CAPACITY, MAX_WORKERS, ModelConfig};
+use crate::config::{
+    BackendKind, Config, MAX_CONNECTION_TIMEOUT_SECONDS, MAX_CONNECTIONS, MAX_METRICS_CONNECTIONS,
+    MAX_METRICS_TIMEOUT_MS, MAX_QUEUE_CAPACITY, MAX_WORKERS, ModelConfig, ServerConfig,
+};
 
 impl Config {
     /// Checks what the types cannot: ranges, uniqueness, matching sections.
@@ -21,6 +24,7 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        validate_connection_limits(&self.server)?;
         if self.models.is_empty() {
             return Err((
                 "models".into(),
@@ -62,6 +66,51 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks the limits of both listeners: each between 1 and its maximum.
+fn validate_connection_limits(server: &ServerConfig) -> Result<(), (String, String)> {
+    let limits = [
+        (
+            "max_connections",
+            server.max_connections as u64,
+            MAX_CONNECTIONS as u64,
+        ),
+        (
+            "idle_timeout_seconds",
+            server.idle_timeout_seconds,
+            MAX_CONNECTION_TIMEOUT_SECONDS,
+        ),
+        (
+            "first_call_timeout_seconds",
+            server.first_call_timeout_seconds,
+            MAX_CONNECTION_TIMEOUT_SECONDS,
+        ),
+        (
+            "metrics_max_connections",
+            server.metrics_max_connections as u64,
+            MAX_METRICS_CONNECTIONS as u64,
+        ),
+        (
+            "metrics_header_timeout_ms",
+            server.metrics_header_timeout_ms,
+            MAX_METRICS_TIMEOUT_MS,
+        ),
+        (
+            "metrics_connection_timeout_ms",
+            server.metrics_connection_timeout_ms,
+            MAX_METRICS_TIMEOUT_MS,
+        ),
+    ];
+    for (key, value, max) in limits {
+        if value == 0 || value > max {
+            return Err((
+                format!("server.{key}"),
+                format!("must be between 1 and {max}, got {value}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks that a model has the settings table of its backend, and no other.
