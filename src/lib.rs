@@ -21,6 +21,8 @@
 //! - [`error`]: the error type and its status codes
 //! - [`message_limit`]: oversized requests → RESOURCE_EXHAUSTED
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint
+//! - `connection`: connection caps, idle timeouts and the fd limit of both
+//!   listeners
 //! - [`bench`]: `infergate bench`, the ghz-compatible load generator
 //! - [`cli`]: the command line
 
@@ -29,6 +31,7 @@ pub mod bench;
 pub mod cancel;
 pub mod cli;
 pub mod config;
+pub(crate) mod connection;
 pub mod error;
 pub mod gateway;
 pub mod message_limit;
