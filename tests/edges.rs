@@ -1,0 +1,514 @@
+//! The edges of the network, attacked: slowloris and a connection flood on
+//! `/metrics`, too many gRPC connections, and silent, preface-only and idle
+//! HTTP/2 connections. Each is closed by its limit, while a normal client on
+//! another connection keeps being served, and descriptors come back.
+//!
+//! The recorder is process-wide, so counters are compared before and after;
+//! the test that counts this process's open descriptors runs alone (the
+//! others hold `SHARED` for reading, it holds it for writing).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{TestServer, metric, probe_server, request, simulated};
+use infergate::config::ServerConfig;
+use infergate::metrics::http::{MetricsLimits, render, serve_with};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::RwLock;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::codegen::http;
+
+static SHARED: RwLock<()> = RwLock::const_new(());
+
+/// The HTTP/2 client preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves `/metrics` for `server`'s gateway on a loopback port within
+/// `limits`; stops with the returned token.
+async fn metrics_with(
+    server: &TestServer,
+    limits: MetricsLimits,
+) -> (SocketAddr, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let stop = CancellationToken::new();
+    tokio::spawn(serve_with(
+        listener,
+        server.gateway.clone(),
+        limits,
+        stop.clone(),
+    ));
+    (addr, stop)
+}
+
+/// A GET of `/metrics`: the status and body, or `None` if the connection
+/// was closed without an answer.
+async fn try_scrape(addr: SocketAddr) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let get = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(get.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("an answer or a close within 10 s")
+        .ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
+/// Waits until the peer closes `stream` (end-of-file or reset), at most
+/// `limit`; returns how long that took from `since`, or `None`.
+async fn closed_within(
+    stream: &mut TcpStream,
+    since: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    let mut buf = [0u8; 4096];
+    let wait = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return since.elapsed(),
+                Ok(_) => {} // e.g. the server's SETTINGS: not a close
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait).await.ok()
+}
+
+/// An HTTP/2 connection made with the `h2` crate; the task ends when the
+/// server closes the connection.
+async fn h2_connect(addr: SocketAddr) -> (h2::client::SendRequest<Bytes>, JoinHandle<()>) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (send, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (send, task)
+}
+
+/// One unary ListModels call over a raw HTTP/2 connection; its grpc-status.
+async fn h2_list_models(send: h2::client::SendRequest<Bytes>, addr: SocketAddr) -> String {
+    let mut send = send.ready().await.expect("connection ready");
+    let call = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/infergate.v1.Inference/ListModels"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut body) = send.send_request(call, false).expect("send headers");
+    // An empty ListModelsRequest: uncompressed, 0 bytes.
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .expect("send message");
+    let mut body = response.await.expect("response").into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("data");
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.expect("trailers").expect("some");
+    trailers["grpc-status"].to_str().expect("ascii").to_string()
+}
+
+/// The value of a counter in this process's recorder (0 when absent).
+fn counter(server: &TestServer, series: &str) -> f64 {
+    metric(&render(&server.gateway), series).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_on_metrics_is_closed_at_the_header_timeout() {
+    let _shared = SHARED.read().await;
+    const CONNECTIONS: usize = 200;
+    let server = TestServer::start(&simulated("e-slowloris", 0, 1, 4)).await;
+    let header_timeout = Duration::from_millis(1000);
+    let limits = MetricsLimits {
+        max_connections: CONNECTIONS + 16,
+        header_timeout,
+        connection_timeout: Duration::from_secs(30),
+    };
+    let (addr, stop) = metrics_with(&server, limits).await;
+    let closed_before = counter(
+        &server,
+        r#"infergate_connections_closed_total{listener="metrics",reason="header_timeout"}"#,
+    );
+
+    // Each client sends a request line, then a header one byte every 300 ms,
+    // never finishing it.
+    let (connected_tx, mut connected_rx) = tokio::sync::mpsc::channel::<()>(CONNECTIONS);
+    let attackers: Vec<JoinHandle<Option<Duration>>> = (0..CONNECTIONS)
+        .map(|_| {
+            let connected_tx = connected_tx.clone();
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(addr).await.expect("connect");
+                let connected = Instant::now();
+                stream.write_all(b"GET /metrics HTTP/1.1\r\n").await.ok()?;
+                let _ = connected_tx.send(()).await;
+                let mut buf = [0u8; 1024];
+                let give_up = Duration::from_secs(10);
+                loop {
+                    tokio::select! {
+                        read = stream.read(&mut buf) => match read {
+                            Ok(0) | Err(_) => return Some(connected.elapsed()),
+                            Ok(_) => {} // a 408 before the close
+                        },
+                        () = tokio::time::sleep(Duration::from_millis(300)) => {
+                            if stream.write_all(b"X").await.is_err() {
+                                return Some(connected.elapsed());
+                            }
+                            if connected.elapsed() > give_up {
+                                return None;
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(connected_tx);
+    for _ in 0..CONNECTIONS {
+        tokio::time::timeout(Duration::from_secs(10), connected_rx.recv())
+            .await
+            .expect("the attackers connect within 10 s");
+    }
+
+    // A normal scrape during the attack.
+    let attack_on = Instant::now();
+    let (status, body) = try_scrape(addr).await.expect("a scrape during the attack");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        attack_on.elapsed() < header_timeout / 2,
+        "the scrape took {:?}",
+        attack_on.elapsed()
+    );
+
+    let mut longest = Duration::ZERO;
+    for attacker in attackers {
+        let held = attacker
+            .await
+            .expect("task")
+            .expect("every slowloris connection is closed within 10 s");
+        longest = longest.max(held);
+    }
+    assert!(
+        longest < header_timeout + Duration::from_secs(2),
+        "a slowloris connection was held {longest:?}"
+    );
+    let closed = counter(
+        &server,
+        r#"infergate_connections_closed_total{listener="metrics",reason="header_timeout"}"#,
+    );
+    assert!(
+        closed - closed_before >= CONNECTIONS as f64,
+        "{closed_before} → {closed}"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_connections_beyond_the_cap_are_closed_at_once() {
+    let _shared = SHARED.read().await;
+    let server = TestServer::start(&simulated("e-mcap", 0, 1, 4)).await;
+    let limits = MetricsLimits {
+        max_connections: 5,
+        header_timeout: Duration::from_secs(20),
+        connection_timeout: Duration::from_secs(30),
+    };
+    let (addr, stop) = metrics_with(&server, limits).await;
+    let series =
+        r#"infergate_connections_refused_total{listener="metrics",reason="max_connections"}"#;
+    let refused_before = counter(&server, series);
+
+    // Five silent connections take every slot (accepts are in order, so
+    // they are admitted before any later one).
+    let mut holders = Vec::new();
+    for _ in 0..5 {
+        holders.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    for _ in 0..3 {
+        let mut extra = TcpStream::connect(addr).await.expect("connect");
+        let held = closed_within(&mut extra, Instant::now(), Duration::from_secs(5)).await;
+        let held = held.expect("a connection beyond the cap is closed");
+        assert!(held < Duration::from_secs(2), "held {held:?}");
+    }
+    assert!(
+        try_scrape(addr).await.is_none(),
+        "a scrape beyond the cap is refused"
+    );
+    assert!(counter(&server, series) - refused_before >= 4.0);
+
+    // Once they go, scrapes work again (the server frees a slot when it
+    // sees the close: poll, bounded).
+    drop(holders);
+    let give_up = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some((status, _)) = try_scrape(addr).await {
+            assert_eq!(status, 200);
+            break;
+        }
+        assert!(Instant::now() < give_up, "scrapes never worked again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connections_beyond_max_connections_are_closed_at_once() {
+    let _shared = SHARED.read().await;
+    const CAP: usize = 20;
+    let config = ServerConfig {
+        max_connections: CAP,
+        first_call_timeout_seconds: 60,
+        ..ServerConfig::default()
+    };
+    let (server, _factory, _events) = probe_server(1, 8, config).await;
+    let series = r#"infergate_connections_refused_total{listener="grpc",reason="max_connections"}"#;
+    let refused_before = counter(&server, series);
+
+    // One admitted client, then silent connections up to the cap.
+    let client = server.client().await;
+    client
+        .clone()
+        .generate(request("probe", "first"))
+        .await
+        .expect("Generate");
+    let mut holders = Vec::new();
+    for _ in 1..CAP {
+        holders.push(TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    let mut extra = TcpStream::connect(server.addr).await.expect("connect");
+    extra.write_all(PREFACE).await.expect("send the preface");
+    let held = closed_within(&mut extra, Instant::now(), Duration::from_secs(5))
+        .await
+        .expect("the connection beyond the cap is closed");
+    assert!(held < Duration::from_secs(2), "held {held:?}");
+    assert!(counter(&server, series) - refused_before >= 1.0);
+
+    // The admitted connection keeps working.
+    let answer = client.clone().generate(request("probe", "still")).await;
+    assert_eq!(answer.expect("Generate").into_inner().text, "still");
+
+    // Once one goes, a new client gets in (poll, bounded: the server frees
+    // the slot when it reads the close).
+    holders.pop();
+    let give_up = Instant::now() + Duration::from_secs(5);
+    loop {
+        let attempt = async {
+            let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+                .expect("uri")
+                .connect()
+                .await
+                .ok()?;
+            let mut client = infergate::proto::inference_client::InferenceClient::new(channel);
+            client.generate(request("probe", "new")).await.ok()
+        };
+        if tokio::time::timeout(Duration::from_secs(2), attempt)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "no new connection was ever admitted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_preface_only_connections_are_closed_but_long_calls_are_not() {
+    let _shared = SHARED.read().await;
+    let timeout = Duration::from_secs(1);
+    let config = ServerConfig {
+        idle_timeout_seconds: 1,
+        first_call_timeout_seconds: 1,
+        ..ServerConfig::default()
+    };
+    let (server, _factory, _events) = probe_server(2, 8, config).await;
+    let addr = server.addr;
+    let closes_before = counter(
+        &server,
+        r#"infergate_connections_closed_total{listener="grpc",reason="idle"}"#,
+    );
+    // Closed at the timeout, give or take: not before, and not much after.
+    let on_time = |held: Duration| {
+        held > timeout - Duration::from_millis(50) && held < timeout + Duration::from_secs(2)
+    };
+
+    // A call that runs three idle timeouts long is not cut off.
+    let client = server.client().await;
+    let long_call = tokio::spawn({
+        let mut client = client.clone();
+        async move { client.generate(request("probe", "hold 3000")).await }
+    });
+
+    let start = Instant::now();
+    let mut silent = TcpStream::connect(addr).await.expect("connect");
+    let mut preface_only = TcpStream::connect(addr).await.expect("connect");
+    preface_only
+        .write_all(PREFACE)
+        .await
+        .expect("send the preface");
+    let (_idle_send, idle_h2) = h2_connect(addr).await;
+    let (used_send, used_h2) = h2_connect(addr).await;
+    assert_eq!(h2_list_models(used_send.clone(), addr).await, "0");
+    let call_ended = Instant::now();
+
+    let held = closed_within(&mut silent, start, Duration::from_secs(5)).await;
+    assert!(held.is_some_and(on_time), "silent connection held {held:?}");
+    let held = closed_within(&mut preface_only, start, Duration::from_secs(5)).await;
+    assert!(
+        held.is_some_and(on_time),
+        "preface-only connection held {held:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), idle_h2)
+        .await
+        .expect("an HTTP/2 connection without calls is closed")
+        .expect("task");
+    assert!(
+        on_time(start.elapsed()),
+        "idle HTTP/2 held {:?}",
+        start.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(5), used_h2)
+        .await
+        .expect("an HTTP/2 connection idle after a call is closed")
+        .expect("task");
+    assert!(
+        on_time(call_ended.elapsed()),
+        "idle after a call: held {:?}",
+        call_ended.elapsed()
+    );
+    drop(used_send);
+    assert!(
+        counter(
+            &server,
+            r#"infergate_connections_closed_total{listener="grpc",reason="idle"}"#
+        ) > closes_before
+    );
+
+    let answer = long_call
+        .await
+        .expect("task")
+        .expect("the long call is not cut off");
+    assert_eq!(answer.into_inner().text, "hold 3000");
+    // Its connection has been idle past the timeout since; what is tested
+    // is time passing, so this waits for it. A tonic client whose idle
+    // connection was closed gets a new one for its next call.
+    tokio::time::sleep(timeout + Duration::from_millis(500)).await;
+    let answer = client
+        .clone()
+        .generate(request("probe", "after idle"))
+        .await;
+    assert_eq!(
+        answer
+            .expect("a call after an idle close")
+            .into_inner()
+            .text,
+        "after idle"
+    );
+}
+
+/// This process's open file descriptors (the server runs in it).
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_flood_leaves_calls_fast_and_gives_its_fds_back() {
+    let _alone = SHARED.write().await;
+    const EACH: usize = 100;
+    let server = TestServer::start(&format!(
+        "[server]\nfirst_call_timeout_seconds = 2\nidle_timeout_seconds = 2\n{}",
+        simulated("e-flood", 0, 2, 64)
+    ))
+    .await;
+    let client = server.client().await;
+    let p50 = |client: infergate::proto::inference_client::InferenceClient<_>| async move {
+        let mut times = Vec::new();
+        for _ in 0..40 {
+            let started = Instant::now();
+            client
+                .clone()
+                .generate(request("e-flood", "hi"))
+                .await
+                .expect("Generate");
+            times.push(started.elapsed());
+        }
+        times.sort();
+        times[times.len() / 2]
+    };
+    let quiet = p50(client.clone()).await;
+    let idle_fds = open_fds();
+
+    // A few hundred connections: silent, preface-only, and HTTP/2 without
+    // calls.
+    let mut raw = Vec::new();
+    for i in 0..2 * EACH {
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        if i % 2 == 1 {
+            stream.write_all(PREFACE).await.expect("send the preface");
+        }
+        raw.push(stream);
+    }
+    let mut h2 = Vec::new();
+    for _ in 0..EACH {
+        h2.push(h2_connect(server.addr).await);
+    }
+    let attacked = p50(client.clone()).await;
+    assert!(
+        attacked < quiet + Duration::from_millis(20),
+        "p50 {attacked:?} under the flood, {quiet:?} before"
+    );
+
+    // The server closes them all at the first-call timeout; the clients
+    // then close their ends too.
+    let closing: Vec<_> = raw
+        .into_iter()
+        .map(|mut stream| {
+            tokio::spawn(async move {
+                closed_within(&mut stream, Instant::now(), Duration::from_secs(10)).await
+            })
+        })
+        .collect();
+    for task in closing {
+        assert!(
+            task.await.expect("task").is_some(),
+            "a raw connection was never closed"
+        );
+    }
+    for (send, task) in h2 {
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("an idle HTTP/2 connection is closed")
+            .expect("task");
+        drop(send);
+    }
+    let give_up = Instant::now() + Duration::from_secs(10);
+    while open_fds() > idle_fds + 8 {
+        assert!(
+            Instant::now() < give_up,
+            "open fds {} after the flood, {idle_fds} before",
+            open_fds()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // (The client above has been idle too: a fresh one, so that no call
+    // races its close.)
+    let after = p50(server.client().await).await;
+    assert!(
+        after < quiet + Duration::from_millis(20),
+        "p50 {after:?} after, {quiet:?} before"
+    );
+}
