@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -193,9 +194,14 @@ pub async fn run(
     // No tower limits on calls: admission is per model, in the pools, where
     // a refusal can name the model and count in its metrics. A server-wide
     // one would also throttle health checks and reflection.
+    let cap = ConnectionCap::new(connection::GRPC, config.max_connections);
+    // Ends with `run`, however it returns.
+    let _trim = AbortOnDropHandle::new(tokio::spawn(connection::memory::trim_after_floods(
+        cap.clone(),
+    )));
     let incoming = Incoming::new(
         listener,
-        ConnectionCap::new(connection::GRPC, config.max_connections),
+        cap,
         IdleTimeouts {
             idle: config.idle_timeout(),
             first_call: config.first_call_timeout(),

@@ -1,6 +1,7 @@
 //! The gRPC listener's accepted connections: each takes a slot under the
 //! connection cap or is closed at once, and each closes itself once it has
-//! had no call in flight for its idle timeout.
+//! had no call in flight for its idle timeout, or once a newcomer took its
+//! place before it started a call.
 //!
 //! The idle close is a read that returns end-of-file: hyper then ends the
 //! connection and drops the socket. A GOAWAY would be politer, but tonic
@@ -66,8 +67,8 @@ impl Stream for Incoming {
             match ready!(this.listener.poll_accept(cx)) {
                 Ok((stream, _peer)) => {
                     let Some(slot) = this.cap.admit() else {
-                        // Closed at once: the client fails fast instead of
-                        // waiting, and the flood costs no descriptor.
+                        // Full of connections with calls: closed at once,
+                        // the client fails fast instead of waiting.
                         drop(stream);
                         refused += 1;
                         if refused == REFUSALS_PER_POLL {
@@ -100,6 +101,8 @@ pub(crate) struct LimitedIo {
     /// timeout from the last look, to look again.
     idle_timer: Pin<Box<Sleep>>,
     closed: bool,
+    /// Until its first call, a newcomer may take the connection's place.
+    may_be_evicted: bool,
     slot: Slot,
 }
 
@@ -122,8 +125,26 @@ impl LimitedIo {
             timeouts,
             idle_timer: Box::pin(tokio::time::sleep_until(deadline)),
             closed: false,
+            may_be_evicted: true,
             slot,
         }
+    }
+
+    /// Whether a newcomer took this connection's place before its first
+    /// call (see `ConnectionCap`).
+    fn evicted(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.may_be_evicted {
+            return false;
+        }
+        if self.info.activity.called() && self.slot.mark_started() {
+            self.may_be_evicted = false;
+            return false;
+        }
+        if self.slot.poll_evicted(cx) {
+            tracing::debug!(peer = ?self.info.tcp.remote_addr, "gRPC connection without calls made way for a new one");
+            return true;
+        }
+        false
     }
 
     /// Whether the connection has been idle past its timeout; otherwise
@@ -179,7 +200,7 @@ impl AsyncRead for LimitedIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.closed || this.idle_expired(cx) {
+        if this.closed || this.evicted(cx) || this.idle_expired(cx) {
             this.closed = true;
             return Poll::Ready(Ok(()));
         }

@@ -5,8 +5,9 @@
 //! backend call uses that pool, so it is never saturated by them.
 //!
 //! Its limits ([`MetricsLimits`]), so that nobody reaching this port can
-//! hold the process's file descriptors: a connection cap (beyond it, closed
-//! at once), hyper's header read timeout (a slowloris sending a byte a
+//! hold the process's file descriptors: a connection cap (when full, a new
+//! connection takes the place of the oldest one that never sent a whole
+//! request head, or is closed at once), hyper's header read timeout (a slowloris sending a byte a
 //! second is closed when it runs out, and so is an idle keep-alive
 //! connection), and a cap on any connection's life (a client that reads
 //! its answer slowly, or sends requests forever).
@@ -121,15 +122,21 @@ pub async fn serve_with(
             },
             () = stop.cancelled() => break,
         };
-        let Some(slot) = cap.admit() else {
-            // Full: closed at once, counted by the cap.
+        let Some(mut slot) = cap.admit() else {
+            // Full of connections that have sent requests: closed at once,
+            // counted by the cap.
             drop(stream);
             continue;
         };
         let gateway = gateway.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| respond(request, gateway.clone()));
+            let starter = slot.starter();
+            let service = service_fn(move |request| {
+                // A whole request head came: the connection keeps its place.
+                starter.mark_started();
+                respond(request, gateway.clone())
+            });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
@@ -142,6 +149,9 @@ pub async fn serve_with(
                     connection.as_mut().graceful_shutdown();
                     tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await.ok()
                 }
+                // A newcomer took the place of this connection, which never
+                // sent a whole request head (e.g. a slowloris).
+                () = slot.evicted() => None,
                 () = stop.cancelled() => None,
             };
             if let Some(Err(e)) = result {

@@ -188,12 +188,12 @@ fn describe() {
     describe_counter!(
         CONNECTIONS_REFUSED_TOTAL,
         Unit::Count,
-        "Connections closed as soon as accepted, by listener and reason: max_connections (connections)."
+        "Connections closed as soon as accepted, by listener and reason: max_connections, when every open one has started a call (connections)."
     );
     describe_counter!(
         CONNECTIONS_CLOSED_TOTAL,
         Unit::Count,
-        "Connections the server closed on a limit, by listener and reason: idle, first_call, header_timeout, connection_timeout (connections)."
+        "Connections the server closed on a limit, by listener and reason: idle, first_call, evicted (made way for a new one before any call), header_timeout (also idle keep-alive), connection_timeout (connections)."
     );
     describe_gauge!(
         BUILD_INFO,
