@@ -211,25 +211,67 @@ async fn slowloris_on_metrics_is_closed_at_the_header_timeout() {
     stop.cancel();
 }
 
+/// A keep-alive `/metrics` connection that has had one answer, left open.
+async fn served_keep_alive(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).ends_with("metrics at /metrics\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .expect("read");
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    stream
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_connections_beyond_the_cap_are_closed_at_once() {
+async fn metrics_cap_evicts_silent_connections_and_refuses_beyond_served_ones() {
     let _shared = SHARED.read().await;
+    const CAP: usize = 5;
     let server = TestServer::start(&simulated("e-mcap", 0, 1, 4)).await;
     let limits = MetricsLimits {
-        max_connections: 5,
+        max_connections: CAP,
         header_timeout: Duration::from_secs(20),
         connection_timeout: Duration::from_secs(30),
     };
     let (addr, stop) = metrics_with(&server, limits).await;
-    let series =
+    let refused_series =
         r#"infergate_connections_refused_total{listener="metrics",reason="max_connections"}"#;
-    let refused_before = counter(&server, series);
+    let evicted_series =
+        r#"infergate_connections_closed_total{listener="metrics",reason="evicted"}"#;
+    let (refused_before, evicted_before) = (
+        counter(&server, refused_series),
+        counter(&server, evicted_series),
+    );
 
-    // Five silent connections take every slot (accepts are in order, so
-    // they are admitted before any later one).
-    let mut holders = Vec::new();
-    for _ in 0..5 {
-        holders.push(TcpStream::connect(addr).await.expect("connect"));
+    // Silent connections fill the cap (accepts are in order, so they are
+    // admitted before any later one); a scrape still gets in, in the place
+    // of the oldest, which is closed.
+    let mut silent = Vec::new();
+    for _ in 0..CAP {
+        silent.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let (status, _) = try_scrape(addr)
+        .await
+        .expect("a scrape makes way for itself");
+    assert_eq!(status, 200);
+    let held = closed_within(&mut silent[0], Instant::now(), Duration::from_secs(5)).await;
+    assert!(held.is_some(), "the oldest silent connection made way");
+    assert!(counter(&server, evicted_series) - evicted_before >= 1.0);
+    drop(silent);
+
+    // Connections that have been served keep their place: beyond them,
+    // new connections are closed at once.
+    let mut served = Vec::new();
+    for _ in 0..CAP {
+        served.push(served_keep_alive(addr).await);
     }
     for _ in 0..3 {
         let mut extra = TcpStream::connect(addr).await.expect("connect");
@@ -241,11 +283,11 @@ async fn metrics_connections_beyond_the_cap_are_closed_at_once() {
         try_scrape(addr).await.is_none(),
         "a scrape beyond the cap is refused"
     );
-    assert!(counter(&server, series) - refused_before >= 4.0);
+    assert!(counter(&server, refused_series) - refused_before >= 4.0);
 
     // Once they go, scrapes work again (the server frees a slot when it
     // sees the close: poll, bounded).
-    drop(holders);
+    drop(served);
     let give_up = Instant::now() + Duration::from_secs(5);
     loop {
         if let Some((status, _)) = try_scrape(addr).await {
@@ -259,48 +301,84 @@ async fn metrics_connections_beyond_the_cap_are_closed_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_connections_beyond_max_connections_are_closed_at_once() {
+async fn grpc_cap_evicts_connections_without_calls_and_refuses_beyond_busy_ones() {
     let _shared = SHARED.read().await;
     const CAP: usize = 20;
+    const SILENT: usize = 5;
     let config = ServerConfig {
         max_connections: CAP,
         first_call_timeout_seconds: 60,
         ..ServerConfig::default()
     };
     let (server, _factory, _events) = probe_server(1, 8, config).await;
-    let series = r#"infergate_connections_refused_total{listener="grpc",reason="max_connections"}"#;
-    let refused_before = counter(&server, series);
+    let addr = server.addr;
+    let refused_series =
+        r#"infergate_connections_refused_total{listener="grpc",reason="max_connections"}"#;
+    let evicted_series = r#"infergate_connections_closed_total{listener="grpc",reason="evicted"}"#;
+    let (refused_before, evicted_before) = (
+        counter(&server, refused_series),
+        counter(&server, evicted_series),
+    );
 
-    // One admitted client, then silent connections up to the cap.
+    // The cap filled: one tonic client and HTTP/2 connections that have
+    // each made a call, then connections that never send anything.
     let client = server.client().await;
     client
         .clone()
         .generate(request("probe", "first"))
         .await
         .expect("Generate");
-    let mut holders = Vec::new();
-    for _ in 1..CAP {
-        holders.push(TcpStream::connect(server.addr).await.expect("connect"));
+    let mut used = Vec::new();
+    for _ in 1..CAP - SILENT {
+        let (send, task) = h2_connect(addr).await;
+        assert_eq!(h2_list_models(send.clone(), addr).await, "0");
+        used.push((send, task));
     }
-    let mut extra = TcpStream::connect(server.addr).await.expect("connect");
+    let mut silent = Vec::new();
+    for _ in 0..SILENT {
+        silent.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+
+    // New clients get in, each in the place of a silent connection.
+    let mut newcomers = Vec::new();
+    for i in 0..SILENT {
+        let mut newcomer = server.client().await;
+        let prompt = format!("newcomer {i}");
+        let answer = newcomer.generate(request("probe", &prompt)).await;
+        assert_eq!(
+            answer.expect("a newcomer is served").into_inner().text,
+            prompt
+        );
+        newcomers.push(newcomer);
+    }
+    for stream in &mut silent {
+        let held = closed_within(stream, Instant::now(), Duration::from_secs(5)).await;
+        assert!(held.is_some(), "a silent connection made way");
+    }
+    assert!(counter(&server, evicted_series) - evicted_before >= SILENT as f64);
+
+    // Now every connection has made a call: one more is closed at once.
+    let mut extra = TcpStream::connect(addr).await.expect("connect");
     extra.write_all(PREFACE).await.expect("send the preface");
     let held = closed_within(&mut extra, Instant::now(), Duration::from_secs(5))
         .await
         .expect("the connection beyond the cap is closed");
     assert!(held < Duration::from_secs(2), "held {held:?}");
-    assert!(counter(&server, series) - refused_before >= 1.0);
+    assert!(counter(&server, refused_series) - refused_before >= 1.0);
 
-    // The admitted connection keeps working.
+    // The admitted connections keep working.
     let answer = client.clone().generate(request("probe", "still")).await;
     assert_eq!(answer.expect("Generate").into_inner().text, "still");
 
     // Once one goes, a new client gets in (poll, bounded: the server frees
     // the slot when it reads the close).
-    holders.pop();
+    let (send, task) = used.pop().expect("one");
+    drop(send);
+    task.abort();
     let give_up = Instant::now() + Duration::from_secs(5);
     loop {
         let attempt = async {
-            let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+            let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
                 .expect("uri")
                 .connect()
                 .await
