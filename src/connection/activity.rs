@@ -101,11 +101,12 @@ impl Drop for CallGuard {
     }
 }
 
-/// What tonic puts in every request's extensions for our connections.
+/// What tonic puts in every request's extensions for our connections (in
+/// place of its `TcpConnectInfo`, so `Request::remote_addr` is `None`; the
+/// addresses are here).
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
-    /// Addresses; [`CountCalls`] puts them back into the request as tonic's
-    /// own `TcpConnectInfo`, so `Request::remote_addr` keeps working.
+    /// The connection's addresses.
     pub(crate) tcp: TcpConnectInfo,
     pub(crate) activity: Arc<Activity>,
 }
@@ -140,15 +141,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let guard = request
-            .extensions_mut()
-            .remove::<ConnectionInfo>()
-            .map(|info| {
-                let guard = info.activity.start_call();
-                request.extensions_mut().insert(info.tcp);
-                guard
-            });
+            .extensions()
+            .get::<ConnectionInfo>()
+            .map(|info| info.activity.start_call());
         CountedFuture {
             inner: self.inner.call(request),
             guard,

@@ -97,8 +97,8 @@ pub(crate) struct LimitedIo {
     stream: TcpStream,
     info: ConnectionInfo,
     timeouts: IdleTimeouts,
-    /// Fires at the idle deadline, or (with a call in flight) one idle
-    /// timeout from the last look, to look again.
+    /// Fires at or before the idle deadline, to look again (see
+    /// `idle_expired`).
     idle_timer: Pin<Box<Sleep>>,
     closed: bool,
     /// Until its first call, a newcomer may take the connection's place.
@@ -148,40 +148,38 @@ impl LimitedIo {
     }
 
     /// Whether the connection has been idle past its timeout; otherwise
-    /// arms the timer so that the task wakes when it may have been.
+    /// keeps the timer armed so that the task wakes when it may have been.
+    ///
+    /// The deadline moves later with every call, so the timer is not reset
+    /// on each one: when it fires, the deadline is looked up again and the
+    /// timer rearmed for it (or, with a call in flight, one idle timeout
+    /// on). Only a deadline earlier than the timer's (an idle timeout
+    /// shorter than the first-call one) moves it up at once.
     fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
         let activity = &self.info.activity;
-        loop {
+        if let Some(deadline) = activity.idle_deadline(&self.timeouts)
+            && deadline < self.idle_timer.deadline()
+        {
+            self.idle_timer.as_mut().reset(deadline);
+        }
+        while self.idle_timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
             match activity.idle_deadline(&self.timeouts) {
-                Some(deadline) => {
-                    if self.idle_timer.deadline() != deadline {
-                        self.idle_timer.as_mut().reset(deadline);
-                    }
+                Some(deadline) if deadline <= now => {
+                    let reason = if activity.called() {
+                        "idle"
+                    } else {
+                        "first_call"
+                    };
+                    tracing::debug!(reason, peer = ?self.info.tcp.remote_addr, "closing an idle gRPC connection");
+                    self.slot.closed_by_limit(reason);
+                    return true;
                 }
-                None => {
-                    if self.idle_timer.is_elapsed() {
-                        let again = Instant::now() + self.timeouts.idle;
-                        self.idle_timer.as_mut().reset(again);
-                    }
-                }
-            }
-            if self.idle_timer.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            if activity
-                .idle_deadline(&self.timeouts)
-                .is_some_and(|deadline| deadline <= Instant::now())
-            {
-                let reason = if activity.called() {
-                    "idle"
-                } else {
-                    "first_call"
-                };
-                tracing::debug!(reason, peer = ?self.info.tcp.remote_addr, "closing an idle gRPC connection");
-                self.slot.closed_by_limit(reason);
-                return true;
+                Some(deadline) => self.idle_timer.as_mut().reset(deadline),
+                None => self.idle_timer.as_mut().reset(now + self.timeouts.idle),
             }
         }
+        false
     }
 }
 
