@@ -178,10 +178,12 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     // Every limit of the gRPC listener, in one place:
-    // - `max_connections`: a connection beyond it is accepted and closed at
-    //   once (counted in infergate_connections_refused_total), so a flood
-    //   costs a bounded number of fds and memory, and clients fail fast
-    //   instead of hanging in the backlog;
+    // - `max_connections`: so a flood costs a bounded number of fds and
+    //   memory. When full, a new connection takes the place of the oldest
+    //   one that has not started a call (a flood of silent connections
+    //   cannot lock clients out); when all have, it is accepted and closed
+    //   at once (infergate_connections_refused_total), so its client fails
+    //   fast instead of hanging in the backlog;
     // - idle and first-call timeouts: a connection with no call in flight
     //   (or that never starts one: silent, preface-only) is closed, so idle
     //   connections cannot pile up to the cap (Incoming's IO counts calls,

@@ -7,10 +7,10 @@
 //! Its limits ([`MetricsLimits`]), so that nobody reaching this port can
 //! hold the process's file descriptors: a connection cap (when full, a new
 //! connection takes the place of the oldest one that never sent a whole
-//! request head, or is closed at once), hyper's header read timeout (a slowloris sending a byte a
-//! second is closed when it runs out, and so is an idle keep-alive
-//! connection), and a cap on any connection's life (a client that reads
-//! its answer slowly, or sends requests forever).
+//! request head, or is closed at once), hyper's header read timeout (a
+//! slowloris sending a byte a second is closed when it runs out, and so is
+//! an idle keep-alive connection), and a cap on any connection's life (a
+//! client that reads its answer slowly, or sends requests forever).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -47,7 +47,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// The limits of the `/metrics` listener; see the module docs.
 #[derive(Debug, Clone, Copy)]
 pub struct MetricsLimits {
-    /// Connections open at once; beyond it, closed at once.
+    /// Connections open at once; when full, a new one takes the place of
+    /// the oldest that never sent a whole request head, or is closed.
     pub max_connections: usize,
     /// Time to send a request head, from the connection's start or the end
     /// of its last answer.
