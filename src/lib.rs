@@ -30,6 +30,8 @@
 //! - [`status_fix`]: oversized requests → RESOURCE_EXHAUSTED, undecodable
 //!   ones → INVALID_ARGUMENT
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint
+//! - `connection`: connection caps, idle timeouts and the fd limit of both
+//!   listeners
 //! - [`bench`]: `infergate bench`, the ghz-compatible load generator
 //! - [`cli`]: the command line
 
@@ -38,6 +40,7 @@ pub mod bench;
 pub(crate) mod cancel;
 pub mod cli;
 pub mod config;
+pub(crate) mod connection;
 pub mod deadline;
 pub mod error;
 pub mod gateway;

@@ -16,12 +16,15 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{Config, ServerConfig};
+use crate::connection::activity::{CountCallsLayer, IdleTimeouts};
+use crate::connection::incoming::Incoming;
+use crate::connection::{self, ConnectionCap, fd_limit};
 use crate::deadline::Arrival;
 use crate::gateway::Gateway;
 use crate::metrics;
@@ -48,6 +51,10 @@ const HEALTH_POLL: Duration = Duration::from_secs(1);
 /// HTTP/2 pings keep idle client connections from being dropped by
 /// middleboxes, and find dead peers.
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A peer that has not answered a ping this long is dead: its connection
+/// is closed and its calls cancelled (so at most interval + timeout, 50 s,
+/// after a peer vanishes without a FIN).
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Bytes of HTTP/2 connection window per stream a connection may open.
 /// Besides flow control, h2 derives from the connection window (half of it)
@@ -92,20 +99,56 @@ pub enum ServeError {
 /// Binds `config.server.listen` and `metrics_listen`, starts the models,
 /// and serves gRPC and `/metrics` until `shutdown` resolves.
 pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let server_config = fit_fd_limit(config);
     let listener = bind(config.server.listen).await?;
     let metrics_listener = bind(config.server.metrics_listen).await?;
     let gateway = Arc::new(Gateway::from_config(config).map_err(ServeError::Pools)?);
     let stop_metrics = CancellationToken::new();
-    let metrics = tokio::spawn(metrics::http::serve(
+    let metrics = tokio::spawn(metrics::http::serve_with(
         metrics_listener,
         gateway.clone(),
+        metrics::http::MetricsLimits::from_config(&config.server),
         stop_metrics.clone(),
     ));
-    let result = run(listener, &config.server, gateway, shutdown).await;
+    let result = run(listener, &server_config, gateway, shutdown).await;
     // Metrics stay up through the drain, so the drain can be watched.
     stop_metrics.cancel();
     let _ = metrics.await;
     result
+}
+
+/// Raises the soft fd limit to the hard one, and returns the server config
+/// with `max_connections` lowered, if need be, to what the limit leaves
+/// after `/metrics` and the worker processes: better a refused connection
+/// than an `accept` failing with EMFILE for both listeners and the pools.
+fn fit_fd_limit(config: &Config) -> ServerConfig {
+    let mut server = config.server.clone();
+    let limit = match fd_limit::raise() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open file limit");
+            return server;
+        }
+    };
+    let workers = config.models.iter().map(|m| m.workers).sum();
+    let budget =
+        fd_limit::grpc_connection_budget(limit.soft, server.metrics_max_connections, workers);
+    tracing::info!(
+        soft = limit.soft,
+        hard = limit.hard,
+        max_connections = server.max_connections,
+        "open file limit"
+    );
+    if server.max_connections > budget {
+        tracing::warn!(
+            configured = server.max_connections,
+            allowed = budget,
+            fd_limit = limit.soft,
+            "server.max_connections is more than the open file limit leaves room for; lowering it"
+        );
+        server.max_connections = budget;
+    }
+    server
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
@@ -139,10 +182,38 @@ pub async fn run(
         .max_decoding_message_size(config.max_message_bytes);
 
     let stop = CancellationToken::new();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    // No tower limits here: admission is per model, in the pools, where a
-    // refusal can name the model and count in its metrics. A server-wide
-    // layer would also throttle health checks and reflection.
+    // Every limit of the gRPC listener, in one place:
+    // - `max_connections`: so a flood costs a bounded number of fds and
+    //   memory. When full, a new connection takes the place of the oldest
+    //   one that has not started a call (a flood of silent connections
+    //   cannot lock clients out); when all have, it is accepted and closed
+    //   at once (infergate_connections_refused_total), so its client fails
+    //   fast instead of hanging in the backlog;
+    // - idle and first-call timeouts: a connection with no call in flight
+    //   (or that never starts one: silent, preface-only) is closed, so idle
+    //   connections cannot pile up to the cap (Incoming's IO counts calls,
+    //   as CountCallsLayer reports them);
+    // - HTTP/2 keepalive: a peer that stops answering pings is dropped,
+    //   with its calls, instead of holding them until TCP gives up;
+    // - max_concurrent_streams and the connection window bound what one
+    //   connection can ask for (see `connection_window`);
+    // - no max_connection_age: it would cut off long streaming calls.
+    // No tower limits on calls: admission is per model, in the pools, where
+    // a refusal can name the model and count in its metrics. A server-wide
+    // one would also throttle health checks and reflection.
+    let cap = ConnectionCap::new(connection::GRPC, config.max_connections);
+    // Ends with `run`, however it returns.
+    let _trim = AbortOnDropHandle::new(tokio::spawn(connection::memory::trim_after_floods(
+        cap.clone(),
+    )));
+    let incoming = Incoming::new(
+        listener,
+        cap,
+        IdleTimeouts {
+            idle: config.idle_timeout(),
+            first_call: config.first_call_timeout(),
+        },
+    );
     let server = Server::builder()
         // Outermost: stamps each request's arrival before its body is read,
         // the instant its deadline counts from (as the client's does).
@@ -150,6 +221,10 @@ pub async fn run(
         .max_concurrent_streams(config.max_concurrent_streams)
         .initial_connection_window_size(connection_window(config.max_concurrent_streams))
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        // Outermost, so every call (health and reflection too) counts as
+        // activity on its connection, until its response body ends.
+        .layer(CountCallsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

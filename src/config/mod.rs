@@ -49,6 +49,32 @@ pub const DEFAULT_MAX_TIMEOUT_MS: u64 = 300_000;
 /// Default upper bound on `max_tokens` in a request.
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 
+/// Default gRPC connections open at once; beyond it new ones are closed at
+/// once. Far below usual fd limits, and each idle HTTP/2 connection costs
+/// tens of KiB.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default time a gRPC connection may stay open with no call in flight.
+pub const DEFAULT_IDLE_TIMEOUT_SECONDS: u64 = 300;
+/// Default time from accepting a gRPC connection to its first call
+/// (connections that send nothing, or only the HTTP/2 preface, are closed).
+pub const DEFAULT_FIRST_CALL_TIMEOUT_SECONDS: u64 = 10;
+/// Default `/metrics` connections open at once: a few scrapers need a few.
+pub const DEFAULT_METRICS_MAX_CONNECTIONS: usize = 64;
+/// Default time a `/metrics` client gets to send a request's headers.
+pub const DEFAULT_METRICS_HEADER_TIMEOUT_MS: u64 = 5_000;
+/// Default longest life of a `/metrics` connection.
+pub const DEFAULT_METRICS_CONNECTION_TIMEOUT_MS: u64 = 60_000;
+
+/// Most gRPC connections `server.max_connections` may allow.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+/// Most `/metrics` connections `server.metrics_max_connections` may allow:
+/// kept small so that `/metrics` can never take the fds gRPC needs.
+pub const MAX_METRICS_CONNECTIONS: usize = 1024;
+/// Longest idle or first-call timeout of a gRPC connection: one day.
+pub const MAX_CONNECTION_TIMEOUT_SECONDS: u64 = 86_400;
+/// Longest `/metrics` header or connection timeout: one hour.
+pub const MAX_METRICS_TIMEOUT_MS: u64 = 3_600_000;
+
 /// Most worker threads one model may have.
 pub const MAX_WORKERS: usize = 4096;
 /// Largest queue one model may have.
@@ -103,6 +129,27 @@ pub struct ServerConfig {
     /// HTTP/2 streams one connection may have open at once.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// gRPC connections open at once; a connection beyond it is accepted
+    /// and closed at once (the client sees UNAVAILABLE and may retry).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A gRPC connection with no call in flight for this long is closed.
+    #[serde(default = "default_idle_timeout_seconds")]
+    pub idle_timeout_seconds: u64,
+    /// A gRPC connection that has started no call this long after it was
+    /// accepted (silent, or only the HTTP/2 preface) is closed.
+    #[serde(default = "default_first_call_timeout_seconds")]
+    pub first_call_timeout_seconds: u64,
+    /// `/metrics` connections open at once; beyond it, closed at once.
+    #[serde(default = "default_metrics_max_connections")]
+    pub metrics_max_connections: usize,
+    /// Time a `/metrics` client gets to send a whole request head
+    /// (slowloris defence); also bounds an idle keep-alive connection.
+    #[serde(default = "default_metrics_header_timeout_ms")]
+    pub metrics_header_timeout_ms: u64,
+    /// Longest life of a `/metrics` connection, however it is used.
+    #[serde(default = "default_metrics_connection_timeout_ms")]
+    pub metrics_connection_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +160,12 @@ impl Default for ServerConfig {
             shutdown_grace_seconds: DEFAULT_SHUTDOWN_GRACE_SECONDS,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout_seconds: DEFAULT_IDLE_TIMEOUT_SECONDS,
+            first_call_timeout_seconds: DEFAULT_FIRST_CALL_TIMEOUT_SECONDS,
+            metrics_max_connections: DEFAULT_METRICS_MAX_CONNECTIONS,
+            metrics_header_timeout_ms: DEFAULT_METRICS_HEADER_TIMEOUT_MS,
+            metrics_connection_timeout_ms: DEFAULT_METRICS_CONNECTION_TIMEOUT_MS,
         }
     }
 }
@@ -121,6 +174,16 @@ impl ServerConfig {
     /// The shutdown grace as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_seconds)
+    }
+
+    /// The idle timeout of a gRPC connection as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_seconds)
+    }
+
+    /// The first-call timeout of a gRPC connection as a duration.
+    pub fn first_call_timeout(&self) -> Duration {
+        Duration::from_secs(self.first_call_timeout_seconds)
     }
 }
 
@@ -386,6 +449,24 @@ fn default_max_message_bytes() -> usize {
 fn default_max_concurrent_streams() -> u32 {
     DEFAULT_MAX_CONCURRENT_STREAMS
 }
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+fn default_idle_timeout_seconds() -> u64 {
+    DEFAULT_IDLE_TIMEOUT_SECONDS
+}
+fn default_first_call_timeout_seconds() -> u64 {
+    DEFAULT_FIRST_CALL_TIMEOUT_SECONDS
+}
+fn default_metrics_max_connections() -> usize {
+    DEFAULT_METRICS_MAX_CONNECTIONS
+}
+fn default_metrics_header_timeout_ms() -> u64 {
+    DEFAULT_METRICS_HEADER_TIMEOUT_MS
+}
+fn default_metrics_connection_timeout_ms() -> u64 {
+    DEFAULT_METRICS_CONNECTION_TIMEOUT_MS
+}
 fn default_workers() -> usize {
     DEFAULT_WORKERS
 }
@@ -576,6 +657,25 @@ mod tests {
             let e = error(&text);
             assert_eq!(e.key.as_deref(), Some(key), "{text}\n{e}");
             assert!(e.message.contains("between"), "{e}");
+        }
+    }
+
+    #[test]
+    fn connection_limits_are_bounded() {
+        let model = "[[models]]\nname = \"a\"\nbackend = \"simulated\"\n";
+        for (key, value) in [
+            ("max_connections", "0"),
+            ("max_connections", "1000001"),
+            ("idle_timeout_seconds", "0"),
+            ("idle_timeout_seconds", "86401"),
+            ("first_call_timeout_seconds", "0"),
+            ("metrics_max_connections", "0"),
+            ("metrics_max_connections", "1025"),
+            ("metrics_header_timeout_ms", "0"),
+            ("metrics_connection_timeout_ms", "3600001"),
+        ] {
+            let e = error(&format!("[server]\n{key} = {value}\n{model}"));
+            assert_eq!(e.key.as_deref(), Some(format!("server.{key}").as_str()));
         }
     }
 

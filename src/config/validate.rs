@@ -6,11 +6,12 @@ use std::collections::HashSet;
 use std::fmt::Display;
 
 use crate::config::{
-    BackendKind, Config, MAX_CANCEL_GRACE_MS, MAX_CONCURRENT_STREAMS, MAX_HEALTH_INTERVAL_MS,
-    MAX_HTTP_TIMEOUT_MS, MAX_MAX_TOKENS, MAX_MESSAGE_BYTES, MAX_QUEUE_CAPACITY,
-    MAX_SHUTDOWN_GRACE_SECONDS, MAX_SIMULATED_LATENCY_MS, MAX_SIMULATED_OUTPUT_TOKENS,
-    MAX_START_TIMEOUT_MS, MAX_TIMEOUT_MS, MAX_WORKERS, MIN_HEALTH_INTERVAL_MS, MIN_MESSAGE_BYTES,
-    ModelConfig, redact_url,
+    BackendKind, Config, MAX_CANCEL_GRACE_MS, MAX_CONCURRENT_STREAMS,
+    MAX_CONNECTION_TIMEOUT_SECONDS, MAX_CONNECTIONS, MAX_HEALTH_INTERVAL_MS, MAX_HTTP_TIMEOUT_MS,
+    MAX_MAX_TOKENS, MAX_MESSAGE_BYTES, MAX_METRICS_CONNECTIONS, MAX_METRICS_TIMEOUT_MS,
+    MAX_QUEUE_CAPACITY, MAX_SHUTDOWN_GRACE_SECONDS, MAX_SIMULATED_LATENCY_MS,
+    MAX_SIMULATED_OUTPUT_TOKENS, MAX_START_TIMEOUT_MS, MAX_TIMEOUT_MS, MAX_WORKERS,
+    MIN_HEALTH_INTERVAL_MS, MIN_MESSAGE_BYTES, ModelConfig, ServerConfig, redact_url,
 };
 
 /// Checks that `value` of `key` lies in `min..=max`, saying so otherwise.
@@ -52,6 +53,7 @@ impl Config {
             1,
             MAX_CONCURRENT_STREAMS,
         )?;
+        validate_connection_limits(server)?;
         if self.models.is_empty() {
             return Err((
                 "models".into(),
@@ -93,6 +95,51 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks the limits of both listeners: each between 1 and its maximum.
+fn validate_connection_limits(server: &ServerConfig) -> Result<(), (String, String)> {
+    let limits = [
+        (
+            "max_connections",
+            server.max_connections as u64,
+            MAX_CONNECTIONS as u64,
+        ),
+        (
+            "idle_timeout_seconds",
+            server.idle_timeout_seconds,
+            MAX_CONNECTION_TIMEOUT_SECONDS,
+        ),
+        (
+            "first_call_timeout_seconds",
+            server.first_call_timeout_seconds,
+            MAX_CONNECTION_TIMEOUT_SECONDS,
+        ),
+        (
+            "metrics_max_connections",
+            server.metrics_max_connections as u64,
+            MAX_METRICS_CONNECTIONS as u64,
+        ),
+        (
+            "metrics_header_timeout_ms",
+            server.metrics_header_timeout_ms,
+            MAX_METRICS_TIMEOUT_MS,
+        ),
+        (
+            "metrics_connection_timeout_ms",
+            server.metrics_connection_timeout_ms,
+            MAX_METRICS_TIMEOUT_MS,
+        ),
+    ];
+    for (key, value, max) in limits {
+        if value == 0 || value > max {
+            return Err((
+                format!("server.{key}"),
+                format!("must be between 1 and {max}, got {value}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks that a model has the settings table of its backend, and no other.

@@ -3,6 +3,14 @@
 //! Rendering runs on tokio's blocking pool (as the exporter's own listener
 //! does), so a scrape never holds up a runtime thread that serves calls; no
 //! backend call uses that pool, so it is never saturated by them.
+//!
+//! Its limits ([`MetricsLimits`]), so that nobody reaching this port can
+//! hold the process's file descriptors: a connection cap (when full, a new
+//! connection takes the place of the oldest one that never sent a whole
+//! request head, or is closed at once), hyper's header read timeout (a
+//! slowloris sending a byte a second is closed when it runs out, and so is
+//! an idle keep-alive connection), and a cap on any connection's life (a
+//! client that reads its answer slowly, or sends requests forever).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,10 +22,15 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{
+    DEFAULT_METRICS_CONNECTION_TIMEOUT_MS, DEFAULT_METRICS_HEADER_TIMEOUT_MS,
+    DEFAULT_METRICS_MAX_CONNECTIONS, ServerConfig,
+};
+use crate::connection::{self, ConnectionCap, is_connection_error};
 use crate::metrics::live::StatsSource;
 use crate::metrics::{live, recorder};
 
@@ -27,11 +40,63 @@ const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// How often the recorder's upkeep runs (it drains histogram buffers).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Serves `/metrics` for the pools of `gateway` on `listener` until `stop` is cancelled.
-pub async fn serve(listener: TcpListener, gateway: Arc<dyn StatsSource>, stop: CancellationToken) {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+/// How long a connection past its life gets to finish the answer it is
+/// sending before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The limits of the `/metrics` listener; see the module docs.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsLimits {
+    /// Connections open at once; when full, a new one takes the place of
+    /// the oldest that never sent a whole request head, or is closed.
+    pub max_connections: usize,
+    /// Time to send a request head, from the connection's start or the end
+    /// of its last answer.
+    pub header_timeout: Duration,
+    /// Longest life of a connection: then it is closed once its answer in
+    /// progress is sent, or [`CLOSE_GRACE`] later at the latest.
+    pub connection_timeout: Duration,
+}
+
+impl MetricsLimits {
+    /// The `metrics_*` limits of the `[server]` table.
+    pub fn from_config(config: &ServerConfig) -> MetricsLimits {
+        MetricsLimits {
+            max_connections: config.metrics_max_connections,
+            header_timeout: Duration::from_millis(config.metrics_header_timeout_ms),
+            connection_timeout: Duration::from_millis(config.metrics_connection_timeout_ms),
+        }
     }
+}
+
+impl Default for MetricsLimits {
+    fn default() -> Self {
+        MetricsLimits {
+            max_connections: DEFAULT_METRICS_MAX_CONNECTIONS,
+            header_timeout: Duration::from_millis(DEFAULT_METRICS_HEADER_TIMEOUT_MS),
+            connection_timeout: Duration::from_millis(DEFAULT_METRICS_CONNECTION_TIMEOUT_MS),
+        }
+    }
+}
+
+/// Serves `/metrics` for `gateway` on `listener` until `stop` is cancelled,
+/// with the default limits.
+pub async fn serve(listener: TcpListener, gateway: Arc<dyn StatsSource>, stop: CancellationToken) {
+    serve_with(listener, gateway, MetricsLimits::default(), stop).await;
+}
+
+/// Serves `/metrics` for `gateway` on `listener`, within `limits`, until
+/// `stop` is cancelled.
+pub async fn serve_with(
+    listener: TcpListener,
+    gateway: Arc<dyn StatsSource>,
+    limits: MetricsLimits,
+    stop: CancellationToken,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, max_connections = limits.max_connections, "serving Prometheus metrics on /metrics");
+    }
+    let cap = ConnectionCap::new(connection::METRICS, limits.max_connections);
     let upkeep = tokio::spawn({
         let stop = stop.clone();
         async move {
@@ -48,6 +113,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<dyn StatsSource>, stop: C
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
+                Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     // Out of file descriptors and the like: wait, then go on.
                     tracing::warn!(error = %e, "metrics listener cannot accept");
@@ -57,20 +123,45 @@ pub async fn serve(listener: TcpListener, gateway: Arc<dyn StatsSource>, stop: C
             },
             () = stop.cancelled() => break,
         };
+        let Some(mut slot) = cap.admit() else {
+            // Full of connections that have sent requests: closed at once,
+            // counted by the cap.
+            drop(stream);
+            continue;
+        };
         let gateway = gateway.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| respond(request, gateway.clone()));
+            let starter = slot.starter();
+            let service = service_fn(move |request| {
+                // A whole request head came: the connection keeps its place.
+                starter.mark_started();
+                respond(request, gateway.clone())
+            });
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                result = connection => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "metrics connection ended with an error");
-                    }
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => Some(result),
+                () = tokio::time::sleep(limits.connection_timeout) => {
+                    slot.closed_by_limit("connection_timeout");
+                    connection.as_mut().graceful_shutdown();
+                    tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await.ok()
                 }
-                () = stop.cancelled() => {}
+                // A newcomer took the place of this connection, which never
+                // sent a whole request head (e.g. a slowloris).
+                () = slot.evicted() => None,
+                () = stop.cancelled() => None,
+            };
+            if let Some(Err(e)) = result {
+                if e.is_timeout() {
+                    slot.closed_by_limit("header_timeout");
+                }
+                tracing::debug!(error = %e, "metrics connection ended with an error");
             }
+            drop(slot);
         });
     }
     upkeep.abort();
