@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use common::request;
 
-const BIN: &str = env!("CARGO_BIN_EXE_infergate");
-
 fn write_config(name: &str, text: &str) -> std::path::PathBuf {
     let path =
         std::env::temp_dir().join(format!("infergate-test-{}-{name}.toml", std::process::id()));
@@ -48,7 +46,7 @@ fn a_bad_config_exits_78_naming_the_key() {
             vec!["check-config", path.to_str().unwrap()],
             vec!["serve", "--config", path.to_str().unwrap()],
         ] {
-            let out = Command::new(BIN)
+            let out = Command::new(common::binary::bin())
                 .args(&args)
                 .output()
                 .expect("run infergate");
@@ -67,7 +65,7 @@ fn check_config_prints_the_effective_config() {
         "good",
         "[[models]]\nname = \"a\"\nbackend = \"simulated\"\n",
     );
-    let out = Command::new(BIN)
+    let out = Command::new(common::binary::bin())
         .args(["check-config", path.to_str().unwrap()])
         .output()
         .expect("run");
@@ -84,7 +82,7 @@ async fn sigterm_drains_a_running_call_and_exits_zero() {
         "serve",
         "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[[models]]\nname = \"slow\"\nbackend = \"simulated\"\n[models.simulated]\nlatency_ms = 700\n",
     );
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(common::binary::bin())
         .args(["serve", "--config", path.to_str().unwrap()])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())

@@ -7,12 +7,11 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use common::raw::non_reading_stream;
 use common::{
     Event, TestServer, metric, next_event, probe_server, request, simulated, with_timeout,
 };
 use infergate::config::ServerConfig;
-use prost::Message;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,44 +118,6 @@ async fn a_crashed_backend_is_replaced_without_waiting_for_a_call() {
     // No further call: the worker makes its new backend by itself.
     server.wait_for("probe", |m| m.ready_workers == 1).await;
     assert_eq!(factory.created.load(Ordering::SeqCst), 2);
-}
-
-/// A raw HTTP/2 client that opens GenerateStream calls and never reads:
-/// its stream windows are zero, so the gateway cannot send it a byte of
-/// the answer, however long the connection lives.
-async fn non_reading_stream(
-    addr: std::net::SocketAddr,
-    model: &str,
-    timeout: &str,
-) -> (h2::client::ResponseFuture, tokio::task::JoinHandle<()>) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut send, connection) = h2::client::Builder::new()
-        .initial_window_size(0)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .expect("HTTP/2 handshake");
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let message = request(model, "flood").encode_to_vec();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
-    body.extend_from_slice(&message);
-    let http_request = http::Request::builder()
-        .method("POST")
-        .uri(format!(
-            "http://{addr}/infergate.v1.Inference/GenerateStream"
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("grpc-timeout", timeout)
-        .body(())
-        .expect("request");
-    let (response, mut stream) = send.send_request(http_request, false).expect("send");
-    stream
-        .send_data(Bytes::from(body), true)
-        .expect("request body");
-    (response, driver)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -268,7 +268,7 @@ async fn workers_and_grandchildren_die_with_a_sigkilled_gateway() {
     let config_path = pids.path.join("config.toml");
     std::fs::write(&config_path, config).expect("write the config");
     let mut gateway = Gateway(
-        Command::new(env!("CARGO_BIN_EXE_infergate"))
+        Command::new(common::binary::bin())
             .args(["serve", "--config", config_path.to_str().expect("utf-8")])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

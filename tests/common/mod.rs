@@ -2,6 +2,9 @@
 //! with tonic clients, and a controllable backend that reports what it did.
 #![allow(dead_code)] // each test binary uses a different part of this file
 
+pub mod binary;
+pub mod raw;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

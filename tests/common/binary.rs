@@ -1,0 +1,145 @@
+//! The `infergate` binary as a server under test: started with a config,
+//! its addresses read from its log, killed when dropped.
+//!
+//! `INFERGATE_BIN` picks the binary (CI points it at the release build, so
+//! the attack tests run through what users run); by default, the debug
+//! build cargo made for these tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use infergate::proto::inference_client::InferenceClient;
+use tonic::transport::Channel;
+
+/// The binary under test.
+pub fn bin() -> String {
+    std::env::var("INFERGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_infergate").to_string())
+}
+
+/// A running `infergate serve`.
+pub struct BinaryServer {
+    pub child: Child,
+    /// The gRPC address.
+    pub addr: String,
+    /// The `/metrics` address.
+    pub metrics_addr: String,
+    /// Every log line so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+    config: PathBuf,
+}
+
+impl BinaryServer {
+    /// Starts the binary on `config` (a TOML text whose `[server]` listens
+    /// on port 0; see [`listen_anywhere`]), waiting for its addresses.
+    pub async fn start(name: &str, config: &str) -> BinaryServer {
+        let path =
+            std::env::temp_dir().join(format!("infergate-bin-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, config).expect("write the config");
+        let mut child = Command::new(bin())
+            .args(["serve", "--config", path.to_str().expect("utf-8 path")])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start infergate");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, mut addr_rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn({
+            let log = log.clone();
+            move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("addr=").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = addr_tx.send((line.contains("serving gRPC"), addr));
+                    }
+                    log.lock().expect("log lock").push(line);
+                }
+            }
+        });
+        let (mut addr, mut metrics_addr) = (None, None);
+        while addr.is_none() || metrics_addr.is_none() {
+            let (grpc, found) = tokio::time::timeout(Duration::from_secs(20), addr_rx.recv())
+                .await
+                .expect("the server logs its addresses within 20 s")
+                .expect("the server is running");
+            if grpc {
+                addr = Some(found);
+            } else {
+                metrics_addr = Some(found);
+            }
+        }
+        BinaryServer {
+            child,
+            addr: addr.expect("set above"),
+            metrics_addr: metrics_addr.expect("set above"),
+            log,
+            config: path,
+        }
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> InferenceClient<Channel> {
+        InferenceClient::new(self.channel().await)
+    }
+
+    /// A connected channel.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// The gRPC address as a socket address.
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        self.addr.parse().expect("a socket address")
+    }
+
+    /// Waits (bounded) until ListModels shows `model` in the given state.
+    pub async fn wait_for(
+        &self,
+        model: &str,
+        check: impl Fn(&infergate::proto::ModelInfo) -> bool,
+    ) {
+        let mut client = self.client().await;
+        let give_up = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let models = client
+                .list_models(infergate::proto::ListModelsRequest {})
+                .await
+                .expect("ListModels")
+                .into_inner()
+                .models;
+            let info = models
+                .into_iter()
+                .find(|m| m.name == model)
+                .expect("the model is listed");
+            if check(&info) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "model never reached the state: {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for BinaryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// The `[server]` table of a binary under test: both listeners on port 0.
+pub fn listen_anywhere() -> &'static str {
+    "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n"
+}
