@@ -7,13 +7,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc rather than glibc's malloc: a call's buffers are allocated on a
-/// runtime thread and freed on a worker thread (or the reverse), and glibc
-/// serialises such frees on the owning arena's lock; under load that lock
-/// showed up in profiles as futex waits. (A library user picks their own.)
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = infergate::cli::Cli::parse();
     tracing_subscriber::fmt()
