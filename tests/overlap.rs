@@ -28,14 +28,19 @@ async fn the_original_pair_runs_side_by_side() {
     );
 
     assert!(wall >= Duration::from_millis(829), "wall {wall:?}");
-    assert!(
-        wall < Duration::from_millis(1000),
-        "calls did not overlap: wall {wall:?}"
-    );
     let timing_a = a.timing.expect("timing");
     let timing_b = b.timing.expect("timing");
     assert!(timing_a.backend_us >= 829_000, "{timing_a:?}");
     assert!(timing_b.backend_us >= 696_000, "{timing_b:?}");
+    // Overlap, as a ratio of the server's own figures to the wall time, so
+    // a slow machine cannot fake or hide it: serial would be 1.0 at best,
+    // side by side it is about 1.84.
+    let backend = Duration::from_micros(timing_a.backend_us + timing_b.backend_us);
+    let overlap = backend.as_secs_f64() / wall.as_secs_f64();
+    assert!(
+        overlap > 1.3,
+        "calls did not overlap: {overlap:.2} ({backend:?} of backend time in {wall:?})"
+    );
     assert!(timing_a.total_us >= timing_a.backend_us);
     assert_eq!(a.model, "task-a");
     assert_eq!(a.text, "find papers on sepsis");
@@ -74,10 +79,17 @@ async fn thirty_two_workers_run_thirty_two_calls_at_once() {
     let server = TestServer::start(&simulated("wide", 200, 32, 64)).await;
     let (wall, responses) = run_burst(&server, "wide", 32).await;
     assert_eq!(responses.len(), 32);
-    assert!(
-        wall < Duration::from_millis(500),
-        "32 x 200 ms on 32 workers took {wall:?}"
-    );
+    // No call waited for another to finish: each was picked up well within
+    // one service time (the server's own queue-wait figures, not the wall
+    // clock of a busy test machine).
+    for response in &responses {
+        let timing = response.timing.expect("timing");
+        assert!(timing.backend_us >= 200_000, "{timing:?}");
+        assert!(
+            timing.queue_wait_us * 2 < timing.backend_us,
+            "a call waited for a worker on 32 workers: {timing:?} (wall {wall:?})"
+        );
+    }
     assert_eq!(server.model_info("wide").await.backend_calls, 32);
 }
 
