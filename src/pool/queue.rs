@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-/// How many times a worker out of calls yields before it sleeps.
+/// How many times the spinning idle worker yields before it sleeps.
 const SPIN_YIELDS: u32 = 3;
 
 /// What a worker's wait for a job gave.
@@ -49,6 +49,9 @@ struct State<T> {
     /// Workers asleep on the condition variable: the only ones a push must
     /// wake (a notify is a syscall even with nobody waiting).
     sleeping: usize,
+    /// Whether an idle worker is spinning (yielding its core a few times
+    /// before it sleeps): a push then wakes nobody, the spinner takes it.
+    spinning: bool,
     closed: bool,
 }
 
@@ -60,6 +63,7 @@ impl<T> JobQueue<T> {
                 next_id: 0,
                 live: 0,
                 sleeping: 0,
+                spinning: false,
                 closed: false,
             }),
             ready: Condvar::new(),
@@ -86,7 +90,7 @@ impl<T> JobQueue<T> {
         state.live += 1;
         self.len.store(state.live, Ordering::Relaxed);
         // Busy workers find the job themselves when they come back.
-        let wake = state.sleeping > 0;
+        let wake = state.sleeping > 0 && !state.spinning;
         drop(state);
         if wake {
             self.ready.notify_one();
@@ -134,12 +138,12 @@ impl<T> JobQueue<T> {
             if state.closed {
                 return Popped::Closed;
             }
-            if until.is_none() {
-                // A worker that runs out of calls yields its core a few
-                // times before it sleeps: under load the next call comes
-                // within microseconds, and taking it without a sleep and a
-                // wake-up saves the client a context switch of latency;
-                // idle pools go quiet after a few yields.
+            if until.is_none() && !state.spinning {
+                // One idle worker at a time spins briefly: under load the
+                // next call comes within microseconds, and taking it
+                // without a sleep and a wake-up saves two system calls and
+                // a context switch; idle pools go quiet after a few yields.
+                state.spinning = true;
                 drop(state);
                 for _ in 0..SPIN_YIELDS {
                     std::thread::yield_now();
@@ -148,6 +152,7 @@ impl<T> JobQueue<T> {
                     }
                 }
                 state = self.lock();
+                state.spinning = false;
                 if state.live > 0 || state.closed {
                     continue;
                 }
