@@ -22,6 +22,7 @@ bare tonic of the same round); tables give the median and the min-max
 across rounds.
 """
 
+import json
 import os
 import statistics
 import sys
@@ -263,7 +264,11 @@ class Overhead:
                    f"S1: requests/s, {'h2load -c 4 -m 50' if self.h2.available else 'infergate bench -c 50'} (median, min-max)",
                    [(s.label, s.values(rps_key)) for s in rust], unit="req/s")
         svg.spread(os.path.join(suite.out, "s1-cpu.svg"), "S1: server CPU time per call at c=50 (median, min-max)",
-                   [(s.label, s.values("c50_cpu")) for s in servers], unit="µs")
+                   [(s.label, s.values("c50_cpu")) for s in rust], unit="µs")
+        with open(os.path.join(suite.out, "s1-rounds.json"), "w") as f:
+            json.dump({"pinning": self.pin.describe(), "seconds": self.seconds, "grpcStatus": statuses,
+                       "servers": [{"label": s.label, "workers": s.workers, "rounds": s.rounds} for s in servers]},
+                      f, indent=1)
         checked = ", ".join(f"{label}: {status}" for label, status in statuses.items()) or "not checked (no h2load)"
         notes = "".join(f"\n{n}\n" for n in self.notes)
         suite.sections.append(f"""### S1 overhead floor
@@ -291,5 +296,7 @@ within each round.
 
 ![S1 throughput](results/s1-throughput.svg)
 ![S1 CPU per call](results/s1-cpu.svg)
+
+Every round's figures: [results/s1-rounds.json](results/s1-rounds.json).
 """)
 

@@ -118,8 +118,8 @@ def timeline(path, title, runs):
 def spread(path, title, items, unit=""):
     """Horizontal bars to the median of each (label, values), with a line
     from the least to the greatest value (the spread across rounds)."""
-    top, row, left = 40, 34, 300
-    span = WIDTH - left - 150
+    top, row, left = 40, 34, 200
+    span = WIDTH - left - 140
     items = [(label, sorted(values)) for label, values in items if values]
     peak = max((v[-1] for _, v in items), default=1) or 1
     body = []
