@@ -113,3 +113,23 @@ def timeline(path, title, runs):
         body.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{y}" stroke="#ddd"/>')
         body.append(f'<text x="{x:.1f}" y="{y + 14}" text-anchor="middle" font-size="10">{longest * k / 5:.2f} s</text>')
     _svg(path, y + 30, body, title)
+
+
+def spread(path, title, items, unit=""):
+    """Horizontal bars to the median of each (label, values), with a line
+    from the least to the greatest value (the spread across rounds)."""
+    top, row, left = 40, 34, 200
+    span = WIDTH - left - 140
+    items = [(label, sorted(values)) for label, values in items if values]
+    peak = max((v[-1] for _, v in items), default=1) or 1
+    body = []
+    for i, (label, values) in enumerate(items):
+        y = top + i * row
+        median = values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+        w = max(1, span * median / peak)
+        lo, hi = left + span * values[0] / peak, left + span * values[-1] / peak
+        body.append(f'<text x="{left - 8}" y="{y + 17}" text-anchor="end">{html.escape(label)}</text>')
+        body.append(f'<rect x="{left}" y="{y + 4}" width="{w:.1f}" height="{row - 10}" fill="{COLORS[i % len(COLORS)]}"/>')
+        body.append(f'<line x1="{lo:.1f}" y1="{y + 17}" x2="{hi:.1f}" y2="{y + 17}" stroke="black" stroke-width="2"/>')
+        body.append(f'<text x="{max(hi, left + w) + 6:.1f}" y="{y + 17}">{median:,.1f} {html.escape(unit)}</text>')
+    _svg(path, top + row * len(items) + 10, body, title)

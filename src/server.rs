@@ -214,14 +214,10 @@ pub async fn run(
             first_call: config.first_call_timeout(),
         },
     );
-    let server = Server::builder()
+    let server = transport(config)
         // Outermost: stamps each request's arrival before its body is read,
         // the instant its deadline counts from (as the client's does).
         .layer(tower::util::MapRequestLayer::new(stamp_arrival))
-        .max_concurrent_streams(config.max_concurrent_streams)
-        .initial_connection_window_size(connection_window(config.max_concurrent_streams))
-        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         // Outermost, so every call (health and reflection too) counts as
         // activity on its connection, until its response body ends.
         .layer(CountCallsLayer)
@@ -286,6 +282,19 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// The HTTP/2 settings of the gRPC listener (streams per connection, the
+/// connection window, keepalive), without layers or services. Public so
+/// that the bare tonic baseline of the benchmarks (`bench/baselines`)
+/// serves with exactly these settings: a comparison then measures the
+/// gateway, not a difference in transport settings.
+pub fn transport(config: &ServerConfig) -> Server {
+    Server::builder()
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .initial_connection_window_size(connection_window(config.max_concurrent_streams))
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
 }
 
 /// Puts the request's [`Arrival`] in its extensions.

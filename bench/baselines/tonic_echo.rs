@@ -3,7 +3,9 @@
 //! infergate's pool:
 //!
 //! - `--mode echo`: a bare tonic server that answers at once; the physical
-//!   limit of the stack (tonic + prost + tokio) on this machine.
+//!   limit of the stack (tonic + prost + tokio) on this machine. It serves
+//!   with infergate's HTTP/2 settings ([`infergate::server::transport`]
+//!   at the default `[server]` config).
 //! - `--mode naive`: the blocking call made inline inside the async
 //!   handler, on a single-threaded runtime: the original first attempt
 //!   (blocking calls under asyncio.gather), turned into a server.
@@ -19,6 +21,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use infergate::config::ServerConfig;
 use infergate::proto;
 use infergate::proto::inference_server::{Inference, InferenceServer};
 use tokio_stream::Stream;
@@ -182,7 +185,11 @@ fn main() {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
+        // infergate's own transport settings (streams per connection,
+        // connection window, keepalive), at the defaults the suite's
+        // gateways run with: the comparison measures the pool, not
+        // different HTTP/2 settings.
+        infergate::server::transport(&ServerConfig::default())
             .add_service(InferenceServer::new(baseline))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = tokio::signal::ctrl_c().await;
