@@ -24,8 +24,10 @@ async fn busy_seconds_prove_the_overlap() {
     let calls: Vec<_> = (0..8)
         .map(|i| spawn_generate(&client, "m-overlap", &format!("c{i}")))
         .collect();
+    let mut timings = Vec::new();
     for call in calls {
-        call.await.expect("task").expect("call");
+        let answer = call.await.expect("task").expect("call").into_inner();
+        timings.push(answer.timing.expect("timing"));
     }
     let wall = start.elapsed().as_secs_f64();
     let scrape = server.scrape().await;
@@ -35,10 +37,18 @@ async fn busy_seconds_prove_the_overlap() {
         r#"infergate_backend_busy_seconds_total{model="m-overlap"}"#,
     )
     .expect("busy seconds");
+    // Eight calls of 300 ms: 2.4 worker-seconds, however busy the machine.
     assert!((2.4..3.2).contains(&busy), "busy seconds {busy}");
-    assert!(wall < 0.9, "wall {wall}");
-    // Mean parallelism over the burst: far above 1.
-    assert!(busy / wall > 3.0, "busy {busy} over wall {wall}");
+    // They ran side by side: none waited for a worker (the server's own
+    // figures, so a slow test machine cannot fail this), and so the
+    // busy-seconds piled up far faster than the wall clock.
+    for timing in &timings {
+        assert!(
+            timing.queue_wait_us * 2 < timing.backend_us,
+            "a call waited on 8 workers: {timings:?}"
+        );
+    }
+    eprintln!("busy {busy:.2} s over {wall:.2} s of wall time");
 
     let ok = r#"infergate_requests_total{model="m-overlap",method="Generate",code="OK"}"#;
     assert_eq!(metric(&scrape, ok), Some(8.0));
