@@ -52,7 +52,7 @@ async fn the_binary_holds_under_attack() {
     // 1. Three streaming clients that never read, on two workers.
     let mut attackers = Vec::new();
     for _ in 0..3 {
-        attackers.push(non_reading_stream(server.socket_addr(), "flood", "1S").await);
+        attackers.push(non_reading_stream(server.socket_addr(), "flood", "3S").await);
     }
     server.wait_for("flood", |m| m.busy_workers == 2).await;
     server.wait_for("flood", |m| m.busy_workers == 0).await;

@@ -126,12 +126,16 @@ async fn streaming_clients_that_never_read_cannot_hold_the_workers() {
     let config = simulated("flood", 0, 2, 8)
         .replace("latency_ms = 0", "latency_ms = 0\noutput_tokens = 100000");
     let server = TestServer::start(&config).await;
-    // Three clients (more than the workers) that never read, 1 s deadline.
+    // Three clients (more than the workers) that never read, 3 s deadline
+    // (long enough to see both workers held, however slow the machine).
     let mut attackers = Vec::new();
     for _ in 0..3 {
-        attackers.push(non_reading_stream(server.addr, "flood", "1S").await);
+        attackers.push(non_reading_stream(server.addr, "flood", "3S").await);
     }
     server.wait_for("flood", |m| m.busy_workers == 2).await;
+    for attacker in &attackers {
+        assert!(!attacker.driver.is_finished(), "an attacker was cut off");
+    }
     // Their deadlines free the workers, though the connections stay open.
     server.wait_for("flood", |m| m.busy_workers == 0).await;
     let mut client = server.client().await;
@@ -154,7 +158,10 @@ async fn streaming_clients_that_never_read_cannot_hold_the_workers() {
     );
     // The attackers are still connected: the workers were freed by the
     // deadline, not by a closed connection.
-    for (_, driver) in &attackers {
-        assert!(!driver.is_finished(), "an attacker's connection closed");
+    for attacker in &attackers {
+        assert!(
+            !attacker.driver.is_finished(),
+            "an attacker's connection closed"
+        );
     }
 }

@@ -132,6 +132,14 @@ impl<T> JobQueue<T> {
                 if let Some(job) = slot {
                     state.live -= 1;
                     self.len.store(state.live, Ordering::Relaxed);
+                    // Pushes made while a worker spun woke nobody: if calls
+                    // are left, pass the wake-up on, or they would wait for
+                    // this worker's call to end while others sleep.
+                    let wake = state.live > 0 && state.sleeping > 0 && !state.spinning;
+                    drop(state);
+                    if wake {
+                        self.ready.notify_one();
+                    }
                     return Popped::Job(job);
                 }
             }
@@ -270,6 +278,32 @@ mod tests {
         queue.close();
         assert_eq!(queue.push(8), Err(8));
         assert_eq!(worker.join().unwrap(), vec![7]);
+    }
+
+    #[test]
+    fn calls_pushed_while_a_worker_spins_still_reach_the_sleeping_ones() {
+        // A worker sleeps; the test thread plays a spinning worker: the
+        // pushes wake nobody, and taking the first call must wake the
+        // sleeper for the second (else it waits for the first to end).
+        let queue = Arc::new(JobQueue::new());
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let queue = queue.clone();
+            std::thread::spawn(move || tx.send(queue.pop()));
+        }
+        for _ in 0..100_000 {
+            if queue.lock().sleeping == 1 {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        queue.lock().spinning = true;
+        queue.push(1).unwrap();
+        queue.push(2).unwrap();
+        queue.lock().spinning = false;
+        assert_eq!(queue.pop_until(None), Popped::Job(1));
+        let second = rx.recv_timeout(Duration::from_secs(10));
+        assert_eq!(second, Ok(Some(2)), "the sleeping worker was never woken");
     }
 
     #[test]

@@ -11,16 +11,27 @@ use tonic::transport::Channel;
 
 use super::request;
 
-/// A raw HTTP/2 client that opens GenerateStream calls and never reads:
+/// A raw HTTP/2 client that opens a GenerateStream call and never reads:
 /// its stream windows are zero, so the gateway cannot send it a byte of
 /// the answer, however long the connection lives.
+pub struct NonReadingStream {
+    /// Drives the connection; finished once it closed.
+    pub driver: tokio::task::JoinHandle<()>,
+    // Held so that neither side of the call, nor the connection, is given
+    // up before the test drops this.
+    _send: h2::client::SendRequest<Bytes>,
+    _response: h2::client::ResponseFuture,
+    _body: h2::SendStream<Bytes>,
+}
+
+/// Opens a [`NonReadingStream`] to `model` with a `grpc-timeout`.
 pub async fn non_reading_stream(
     addr: std::net::SocketAddr,
     model: &str,
     timeout: &str,
-) -> (h2::client::ResponseFuture, tokio::task::JoinHandle<()>) {
+) -> NonReadingStream {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (mut send, connection) = h2::client::Builder::new()
+    let (send, connection) = h2::client::Builder::new()
         .initial_window_size(0)
         .handshake::<_, Bytes>(tcp)
         .await
@@ -42,11 +53,17 @@ pub async fn non_reading_stream(
         .header("grpc-timeout", timeout)
         .body(())
         .expect("request");
+    let mut send = send.ready().await.expect("the connection takes a stream");
     let (response, mut stream) = send.send_request(http_request, false).expect("send");
     stream
         .send_data(Bytes::from(body), true)
         .expect("request body");
-    (response, driver)
+    NonReadingStream {
+        driver,
+        _send: send,
+        _response: response,
+        _body: stream,
+    }
 }
 
 /// A tiny deterministic generator (xorshift64*): no `rand` needed.
