@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::request;
@@ -78,97 +77,35 @@ fn check_config_prints_the_effective_config() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_a_running_call_and_exits_zero() {
-    let path = write_config(
-        "serve",
-        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[[models]]\nname = \"slow\"\nbackend = \"simulated\"\n[models.simulated]\nlatency_ms = 700\n",
-    );
-    let mut child = Command::new(common::binary::bin())
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start infergate");
-    let stderr = child.stderr.take().expect("stderr");
-    // The log lines name the bound addresses: gRPC, then /metrics.
-    let (addr_tx, mut addr_rx) = tokio::sync::mpsc::unbounded_channel();
-    let log = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("addr=").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                let _ = addr_tx.send((line.contains("serving gRPC"), addr));
-            }
-            lines.push(line);
-        }
-        lines
-    });
-    let (mut addr, mut metrics_addr) = (None, None);
-    while addr.is_none() || metrics_addr.is_none() {
-        let (grpc, found) = tokio::time::timeout(Duration::from_secs(20), addr_rx.recv())
-            .await
-            .expect("the server logs its addresses")
-            .expect("address");
-        if grpc {
-            addr = Some(found);
-        } else {
-            metrics_addr = Some(found);
-        }
-    }
-    let (addr, metrics_addr) = (addr.unwrap(), metrics_addr.unwrap());
-    let (status, scrape) =
-        common::http_get(metrics_addr.parse().expect("metrics address"), "/metrics").await;
+    let config = common::binary::listen_anywhere().to_string()
+        + "[[models]]\nname = \"slow\"\nbackend = \"simulated\"\n[models.simulated]\nlatency_ms = 700\n";
+    let mut server = common::binary::BinaryServer::start("serve", &config).await;
+    let (status, scrape) = common::http_get(
+        server.metrics_addr.parse().expect("metrics address"),
+        "/metrics",
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(
         scrape.contains(r#"infergate_workers{model="slow"} 4"#),
         "{scrape}"
     );
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let client = infergate::proto::inference_client::InferenceClient::new(channel);
+    let client = server.client().await;
     let call = tokio::spawn({
         let mut client = client.clone();
         async move { client.generate(request("slow", "draining")).await }
     });
-    // Signal once the call is running (bounded poll of ListModels).
-    let give_up = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let models = client
-            .clone()
-            .list_models(infergate::proto::ListModelsRequest {})
-            .await
-            .expect("ListModels")
-            .into_inner()
-            .models;
-        if models.iter().any(|m| m.busy_workers == 1) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < give_up,
-            "the call never started"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
+    // Signal once the call is running.
+    server.wait_for("slow", |m| m.busy_workers == 1).await;
+    server.terminate();
 
     let answer = call
         .await
         .expect("task")
         .expect("the running call finished");
     assert_eq!(answer.into_inner().text, "draining");
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let status = server.exited(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(0));
-    let lines = log.join().expect("log thread");
+    let lines = server.log_lines();
     assert!(lines.iter().any(|l| l.contains("SIGTERM")), "{lines:#?}");
-    let _ = std::fs::remove_file(path);
 }

@@ -9,13 +9,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{TestServer, generate_text, metric, python_probe, request};
-use infergate::proto;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -247,84 +244,28 @@ async fn grandchildren_die_with_their_worker_on_kill_exit_and_shutdown() {
     assert_all_gone(&idle, Duration::from_secs(5), "after shutdown").await;
 }
 
-/// The gateway binary, SIGKILLed if a failed assertion leaves it running.
-struct Gateway(std::process::Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_and_grandchildren_die_with_a_sigkilled_gateway() {
     let mut pids = PidDir::new("sigkill");
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n{}{}",
+        "{}{}{}",
+        common::binary::listen_anywhere(),
         python_probe("py", 2, "timeout_ms = 60000"),
         pids.env(", PROBE_GRANDCHILD = \"1\"")
     );
-    let config_path = pids.path.join("config.toml");
-    std::fs::write(&config_path, config).expect("write the config");
-    let mut gateway = Gateway(
-        Command::new(common::binary::bin())
-            .args(["serve", "--config", config_path.to_str().expect("utf-8")])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start infergate"),
-    );
-    let stderr = gateway.0.stderr.take().expect("stderr");
-    let (addr_tx, mut addr_rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("serving gRPC")
-                && let Some(rest) = line.split("addr=").nth(1)
-            {
-                let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                let _ = addr_tx.send(addr);
-            }
-        }
-    });
-    let addr = tokio::time::timeout(Duration::from_secs(20), addr_rx.recv())
-        .await
-        .expect("the gateway logs its address")
-        .expect("address");
+    let mut gateway = common::binary::BinaryServer::start("sigkill", &config).await;
     let all = pids.wait_new(&["worker", "parent", "grandchild"], 2).await;
 
     // One worker hung in a call.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let client = proto::inference_client::InferenceClient::new(channel);
+    let client = gateway.client().await;
     let hung = tokio::spawn({
         let mut client = client.clone();
         async move { client.generate(request("py", "hang")).await }
     });
-    let give_up = Instant::now() + Duration::from_secs(10);
-    loop {
-        let models = client
-            .clone()
-            .list_models(proto::ListModelsRequest {})
-            .await
-            .expect("ListModels")
-            .into_inner()
-            .models;
-        if models.iter().any(|m| m.busy_workers == 1) {
-            break;
-        }
-        assert!(Instant::now() < give_up, "the call never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    gateway.wait_for("py", |m| m.busy_workers == 1).await;
 
-    gateway.0.kill().expect("SIGKILL the gateway");
-    let _ = tokio::task::spawn_blocking(move || gateway.0.wait())
-        .await
-        .expect("join");
+    gateway.child.kill().expect("SIGKILL the gateway");
+    gateway.exited(Duration::from_secs(10)).await;
     assert_all_gone(&all, Duration::from_secs(5), "after SIGKILL of the gateway").await;
     // The hung call's connection died with the gateway.
     hung.await.expect("task").expect_err("the gateway died");

@@ -95,6 +95,33 @@ impl BinaryServer {
             .expect("connect")
     }
 
+    /// Sends SIGTERM (a clean shutdown).
+    pub fn terminate(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
+        // SAFETY: a plain kill(2) of our own child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill -TERM");
+    }
+
+    /// Waits (bounded) for the process to exit; its status.
+    pub async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
+        let give_up = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "the server did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The log lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().expect("log lock").clone()
+    }
+
     /// The gRPC address as a socket address.
     pub fn socket_addr(&self) -> std::net::SocketAddr {
         self.addr.parse().expect("a socket address")
