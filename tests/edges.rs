@@ -14,10 +14,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::raw::closed_within;
 use common::{TestServer, metric, probe_server, request, simulated};
 use infergate::config::ServerConfig;
 use infergate::metrics::http::render;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::RwLock;
 use tokio::task::JoinHandle;
@@ -27,25 +28,6 @@ static SHARED: RwLock<()> = RwLock::const_new(());
 
 /// The HTTP/2 client preface.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Waits until the peer closes `stream` (end-of-file or reset), at most
-/// `limit`; returns how long that took from `since`, or `None`.
-async fn closed_within(
-    stream: &mut TcpStream,
-    since: Instant,
-    limit: Duration,
-) -> Option<Duration> {
-    let mut buf = [0u8; 4096];
-    let wait = async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return since.elapsed(),
-                Ok(_) => {} // e.g. the server's SETTINGS: not a close
-            }
-        }
-    };
-    tokio::time::timeout(limit, wait).await.ok()
-}
 
 /// An HTTP/2 connection made with the `h2` crate; the task ends when the
 /// server closes the connection.

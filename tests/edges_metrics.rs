@@ -10,6 +10,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::raw::closed_within;
 use common::{TestServer, metric, simulated};
 use infergate::metrics::http::{MetricsLimits, render, serve_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,25 +52,6 @@ async fn try_scrape(addr: SocketAddr) -> Option<(u16, String)> {
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, text))
-}
-
-/// Waits until the peer closes `stream` (end-of-file or reset), at most
-/// `limit`; returns how long that took from `since`, or `None`.
-async fn closed_within(
-    stream: &mut TcpStream,
-    since: Instant,
-    limit: Duration,
-) -> Option<Duration> {
-    let mut buf = [0u8; 4096];
-    let wait = async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return since.elapsed(),
-                Ok(_) => {} // e.g. the server's SETTINGS: not a close
-            }
-        }
-    };
-    tokio::time::timeout(limit, wait).await.ok()
 }
 
 /// The value of a counter in this process's recorder (0 when absent).

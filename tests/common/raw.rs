@@ -66,6 +66,26 @@ pub async fn non_reading_stream(
     }
 }
 
+/// Waits until the peer closes `stream` (end-of-file or reset), at most
+/// `limit`; returns how long that took from `since`, or `None`.
+pub async fn closed_within(
+    stream: &mut tokio::net::TcpStream,
+    since: std::time::Instant,
+    limit: std::time::Duration,
+) -> Option<std::time::Duration> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let wait = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return since.elapsed(),
+                Ok(_) => {} // e.g. the server's SETTINGS: not a close
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait).await.ok()
+}
+
 /// A tiny deterministic generator (xorshift64*): no `rand` needed.
 pub struct Rng(pub u64);
 
