@@ -11,7 +11,7 @@
 //! jobs, so memory stays bounded.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -37,6 +37,10 @@ pub(crate) struct JobQueue<T> {
     /// Live jobs, mirrored out of the lock so gauges, ListModels and
     /// admission read it without contending with workers.
     len: AtomicUsize,
+    /// The model's calls are short (their recent mean is under a
+    /// millisecond): busy workers come back for waiting calls sooner than a
+    /// sleeping one would wake, so owed wake-ups are not paid.
+    short_calls: AtomicBool,
 }
 
 struct State<T> {
@@ -52,6 +56,9 @@ struct State<T> {
     /// Whether an idle worker is spinning (yielding its core a few times
     /// before it sleeps): a push then wakes nobody, the spinner takes it.
     spinning: bool,
+    /// Pushes that found workers asleep but woke none because one spun:
+    /// the wake-ups owed if the spinner leaves calls behind.
+    owed_wakes: usize,
     closed: bool,
 }
 
@@ -64,10 +71,12 @@ impl<T> JobQueue<T> {
                 live: 0,
                 sleeping: 0,
                 spinning: false,
+                owed_wakes: 0,
                 closed: false,
             }),
             ready: Condvar::new(),
             len: AtomicUsize::new(0),
+            short_calls: AtomicBool::new(false),
         }
     }
 
@@ -91,6 +100,9 @@ impl<T> JobQueue<T> {
         self.len.store(state.live, Ordering::Relaxed);
         // Busy workers find the job themselves when they come back.
         let wake = state.sleeping > 0 && !state.spinning;
+        if state.sleeping > 0 && state.spinning {
+            state.owed_wakes += 1;
+        }
         drop(state);
         if wake {
             self.ready.notify_one();
@@ -133,9 +145,19 @@ impl<T> JobQueue<T> {
                     state.live -= 1;
                     self.len.store(state.live, Ordering::Relaxed);
                     // Pushes made while a worker spun woke nobody: if calls
-                    // are left, pass the wake-up on, or they would wait for
-                    // this worker's call to end while others sleep.
-                    let wake = state.live > 0 && state.sleeping > 0 && !state.spinning;
+                    // are left, pay one of those wake-ups now, or the calls
+                    // would wait for this worker's call to end while others
+                    // sleep. Only owed ones: a push that found nobody asleep
+                    // is taken by a busy worker coming back.
+                    let wake = state.live > 0
+                        && state.owed_wakes > 0
+                        && state.sleeping > 0
+                        && !self.short_calls.load(Ordering::Relaxed);
+                    if wake {
+                        state.owed_wakes -= 1;
+                    } else if state.live == 0 {
+                        state.owed_wakes = 0;
+                    }
                     drop(state);
                     if wake {
                         self.ready.notify_one();
@@ -201,6 +223,13 @@ impl<T> JobQueue<T> {
         state.live = 0;
         self.len.store(0, Ordering::Relaxed);
         jobs
+    }
+
+    /// Says whether the model's calls are short (see `short_calls`).
+    pub(crate) fn set_short_calls(&self, short: bool) {
+        if self.short_calls.load(Ordering::Relaxed) != short {
+            self.short_calls.store(short, Ordering::Relaxed);
+        }
     }
 
     /// Jobs waiting right now.
@@ -300,6 +329,7 @@ mod tests {
         queue.lock().spinning = true;
         queue.push(1).unwrap();
         queue.push(2).unwrap();
+        assert_eq!(queue.lock().owed_wakes, 2);
         queue.lock().spinning = false;
         assert_eq!(queue.pop_until(None), Popped::Job(1));
         let second = rx.recv_timeout(Duration::from_secs(10));

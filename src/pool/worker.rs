@@ -31,6 +31,9 @@ use crate::pool::queue::Popped;
 
 /// First restart delay after a failure; doubled per further failure.
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Calls shorter than this on average are "short" for the queue: a busy
+/// worker comes back for the next call before a sleeping one would wake.
+const SHORT_CALL: Duration = Duration::from_millis(1);
 /// Longest restart delay.
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -241,6 +244,8 @@ fn run_job(index: usize, shared: &Shared, slot: &mut Slot, job: Job) {
     let result = match ended {
         Ok(completion) => {
             shared.estimate.observe(backend_time);
+            let short = shared.estimate.mean().is_some_and(|m| m < SHORT_CALL);
+            shared.queue.set_short_calls(short);
             shared
                 .metrics
                 .tokens(completion.prompt_tokens, completion.completion_tokens);
