@@ -133,28 +133,7 @@ impl BinaryServer {
         model: &str,
         check: impl Fn(&infergate::proto::ModelInfo) -> bool,
     ) {
-        let mut client = self.client().await;
-        let give_up = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let models = client
-                .list_models(infergate::proto::ListModelsRequest {})
-                .await
-                .expect("ListModels")
-                .into_inner()
-                .models;
-            let info = models
-                .into_iter()
-                .find(|m| m.name == model)
-                .expect("the model is listed");
-            if check(&info) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < give_up,
-                "model never reached the state: {info:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        super::wait_for_model(&mut self.client().await, model, check).await;
     }
 }
 

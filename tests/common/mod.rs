@@ -126,35 +126,80 @@ impl TestServer {
 
     /// The live stats of a model, through ListModels.
     pub async fn model_info(&self, name: &str) -> proto::ModelInfo {
-        let mut client = self.client().await;
-        let models = client
-            .list_models(proto::ListModelsRequest {})
-            .await
-            .expect("ListModels")
-            .into_inner()
-            .models;
-        models
-            .into_iter()
-            .find(|m| m.name == name)
-            .expect("model is listed")
+        model_info(&mut self.client().await, name).await
     }
 
-    /// Waits (bounded) until ListModels shows the model in the given state:
-    /// the queue is observable only from outside, so this polls it.
+    /// Waits (bounded) until ListModels shows the model in the given state.
     pub async fn wait_for(&self, name: &str, check: impl Fn(&proto::ModelInfo) -> bool) {
-        let give_up = Instant::now() + Duration::from_secs(10);
-        loop {
-            let info = self.model_info(name).await;
-            if check(&info) {
-                return;
-            }
-            assert!(
-                Instant::now() < give_up,
-                "model never reached the state: {info:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for_model(&mut self.client().await, name, check).await;
     }
+}
+
+/// The live stats of a model, through ListModels on `client`.
+pub async fn model_info(client: &mut InferenceClient<Channel>, name: &str) -> proto::ModelInfo {
+    let models = client
+        .list_models(proto::ListModelsRequest {})
+        .await
+        .expect("ListModels")
+        .into_inner()
+        .models;
+    models
+        .into_iter()
+        .find(|m| m.name == name)
+        .expect("model is listed")
+}
+
+/// Waits (bounded) until ListModels shows the model in the given state:
+/// the queue is observable only from outside, so this polls it.
+pub async fn wait_for_model(
+    client: &mut InferenceClient<Channel>,
+    name: &str,
+    check: impl Fn(&proto::ModelInfo) -> bool,
+) {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = model_info(client, name).await;
+        if check(&info) {
+            return;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "model never reached the state: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A model (`timeout_ms = max_timeout_ms = 300`, a 5 s backend) whose cap
+/// ends a call whose client asked for an hour: DEADLINE_EXCEEDED naming the
+/// cap, well before the backend would have finished.
+pub fn capped_model(name: &str) -> String {
+    simulated(name, 5_000, 1, 4).replace(
+        "queue_capacity = 4",
+        "queue_capacity = 4\ntimeout_ms = 300\nmax_timeout_ms = 300",
+    )
+}
+
+/// Calls a [`capped_model`] with an hour's grpc-timeout and checks the cap
+/// ended the call.
+pub async fn assert_capped(client: &mut InferenceClient<Channel>, model: &str) {
+    let started = Instant::now();
+    let status = client
+        .generate(with_timeout(request(model, "x"), Duration::from_secs(3600)))
+        .await
+        .expect_err("the cap ends the call");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("max_timeout_ms"),
+        "{}",
+        status.message()
+    );
+    // The 5 s backend call was cut at the cap, not run to its end.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 impl Drop for TestServer {
