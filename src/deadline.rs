@@ -95,6 +95,12 @@ impl Deadline {
         Deadline::for_call(now, None, budget, budget)
     }
 
+    /// Whichever of the two comes first: a fallback's deadline never
+    /// extends the first model's.
+    pub fn earliest(self, other: Deadline) -> Deadline {
+        if other.at < self.at { other } else { self }
+    }
+
     /// The instant the call must be done by.
     pub fn at(&self) -> Instant {
         self.at

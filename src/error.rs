@@ -71,8 +71,9 @@ fn clip(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Why a call failed.
-#[derive(Debug, thiserror::Error)]
+/// Why a call failed. Clone, so that calls sharing one backend call (see
+/// [`crate::cache`]) each get its error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The request names a model this gateway does not serve.
     #[error("unknown model {}; this gateway serves: {known}", quote(model))]
@@ -222,6 +223,29 @@ impl Error {
             self.stage().as_str(),
         );
         Status::new(code, message)
+    }
+
+    /// The reason a call that failed so may be passed to one of its
+    /// model's fallbacks, or `None` when it may not: only failures that
+    /// say "this model cannot take the call now" (queue full, no worker
+    /// ready, refused at admission because the queue ahead cannot meet the
+    /// deadline, an upstream's 429 or 5xx). Never a bad request, an unknown
+    /// model, an expired deadline or shutdown.
+    pub fn fallback_reason(&self) -> Option<&'static str> {
+        match self {
+            Error::QueueFull { .. } => Some("queue_full"),
+            Error::ModelDown { .. } => Some("model_down"),
+            Error::DeadlineExceeded {
+                stage: Stage::Admission,
+                ..
+            } => Some("deadline"),
+            Error::Backend { source, .. } => match source.kind.code() {
+                Code::Unavailable => Some("unavailable"),
+                Code::ResourceExhausted => Some("resource_exhausted"),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// Shorthand for an invalid field.

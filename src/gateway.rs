@@ -9,20 +9,26 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::Stream;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::backend::{BackendFactory, OpenAiFactory, ProcessFactory, SimulatedFactory};
-use crate::config::{BackendKind, Config, ModelConfig, validate_model_name};
+use crate::cache::{Directive, Lookup, ResponseCache, Storing};
+use crate::config::{
+    BackendKind, Config, DEFAULT_MAX_BATCH_ITEMS, ModelConfig, validate_fallbacks,
+    validate_model_name,
+};
 use crate::deadline::Deadline;
 use crate::error::{Error, Stage};
 use crate::metrics::{Method, ModelMetrics, PoolStats, StatsSource, UNKNOWN_MODEL};
-use crate::outcome::Outcome;
+use crate::outcome::{CacheState, Outcome, StreamItem};
 use crate::pool::{Reply, Ticket, WorkerPool};
 use crate::proto;
 use crate::record::CallRecord;
@@ -41,12 +47,23 @@ pub struct Model {
     /// The model's configuration.
     pub config: ModelConfig,
     pool: WorkerPool,
+    /// Indices of `config.fallbacks` in the gateway's models.
+    fallbacks: Vec<usize>,
+    cache: Option<Arc<ResponseCache>>,
 }
 
 impl Model {
     /// The pool's load right now.
     pub fn stats(&self) -> PoolStats {
         self.pool.stats()
+    }
+
+    /// Answers and bytes in the response cache, (0, 0) without one.
+    pub async fn cache_size(&self) -> (u64, u64) {
+        match &self.cache {
+            Some(cache) => cache.size().await,
+            None => (0, 0),
+        }
     }
 
     /// The backend kind.
@@ -67,9 +84,18 @@ impl Model {
 
 /// Builds a [`Gateway`] from models and their backend factories; the way to
 /// serve a custom [`crate::backend::Backend`] from Rust.
-#[derive(Default)]
 pub struct GatewayBuilder {
     models: Vec<(ModelConfig, Arc<dyn BackendFactory>)>,
+    max_batch_items: usize,
+}
+
+impl Default for GatewayBuilder {
+    fn default() -> Self {
+        GatewayBuilder {
+            models: Vec::new(),
+            max_batch_items: DEFAULT_MAX_BATCH_ITEMS,
+        }
+    }
 }
 
 impl GatewayBuilder {
@@ -77,6 +103,12 @@ impl GatewayBuilder {
     /// the config is then only a label).
     pub fn model(mut self, config: ModelConfig, factory: Arc<dyn BackendFactory>) -> Self {
         self.models.push((config, factory));
+        self
+    }
+
+    /// The most items one GenerateBatch call may carry.
+    pub fn max_batch_items(mut self, items: usize) -> Self {
+        self.max_batch_items = items;
         self
     }
 
@@ -99,7 +131,31 @@ impl GatewayBuilder {
             }
             let pool =
                 WorkerPool::start(&config.name, config.workers, config.queue_capacity, factory)?;
-            models.push(Model { config, pool });
+            let cache = config.cache.as_ref().map(|cache| {
+                Arc::new(ResponseCache::new(
+                    &config.name,
+                    cache,
+                    config.cache_nondeterministic,
+                ))
+            });
+            models.push(Model {
+                config,
+                pool,
+                fallbacks: Vec::new(),
+                cache,
+            });
+        }
+        let configs: Vec<ModelConfig> = models.iter().map(|m| m.config.clone()).collect();
+        validate_fallbacks(&configs).map_err(|(key, reason)| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("{key}: {reason}"))
+        })?;
+        for model in &mut models {
+            model.fallbacks = model
+                .config
+                .fallbacks
+                .iter()
+                .filter_map(|name| by_name.get(name).copied())
+                .collect();
         }
         let known = models
             .iter()
@@ -111,6 +167,7 @@ impl GatewayBuilder {
             by_name,
             known,
             unknown: Arc::new(ModelMetrics::calls_only(UNKNOWN_MODEL)),
+            max_batch_items: self.max_batch_items,
             shutting_down: AtomicBool::new(false),
             tracker: TaskTracker::new(),
         })
@@ -129,6 +186,53 @@ pub struct Gateway {
     shutting_down: AtomicBool,
     /// One token per call in progress.
     tracker: TaskTracker,
+    /// The most items of one GenerateBatch call.
+    max_batch_items: usize,
+}
+
+/// How a call came in: when, with what deadline, through which RPC, and
+/// what it asked of the cache.
+#[derive(Debug, Clone, Copy)]
+pub struct CallOptions {
+    /// The client's grpc-timeout, if it set one.
+    pub client_timeout: Option<Duration>,
+    /// When the call reached the server: its deadline counts from there,
+    /// as the client's does.
+    pub received: Instant,
+    /// The RPC, for the `method` label.
+    pub method: Method,
+    /// The client's `cache-control`.
+    pub cache: Directive,
+}
+
+impl CallOptions {
+    /// A Generate call received at `received`, using the cache.
+    pub fn new(received: Instant, client_timeout: Option<Duration>) -> Self {
+        CallOptions {
+            client_timeout,
+            received,
+            method: Method::Generate,
+            cache: Directive::Use,
+        }
+    }
+}
+
+/// The items of a GenerateStream call, live or replayed from the cache.
+pub type CallStream = Pin<Box<dyn Stream<Item = Result<StreamItem, Error>> + Send>>;
+
+/// A stream call once it is opened.
+enum Opened {
+    /// From a backend; stored in the cache under the key when it ends well.
+    Live(Box<GenerationStream>, Option<(Arc<ResponseCache>, Vec<u8>)>),
+    /// A cache hit.
+    Replay(Outcome),
+}
+
+/// A cached answer as a stream: its text in one piece, then the end.
+fn replay(mut outcome: Outcome) -> impl Stream<Item = Result<StreamItem, Error>> + Send {
+    let text = std::mem::take(&mut outcome.text);
+    let first = (!text.is_empty()).then_some(Ok(StreamItem::Text(text)));
+    tokio_stream::iter(first.into_iter().chain([Ok(StreamItem::Done(outcome))]))
 }
 
 /// A call admitted to its model's queue.
@@ -177,7 +281,9 @@ impl Gateway {
             })?;
             builder = builder.model(model.clone(), factory);
         }
-        builder.build()
+        builder
+            .max_batch_items(config.server.max_batch_items)
+            .build()
     }
 
     /// The models, in configuration order.
@@ -185,85 +291,290 @@ impl Gateway {
         &self.models
     }
 
-    /// Runs a Generate call: the whole text once it is ready.
-    /// `received` is when the call reached the server (its deadline counts
-    /// from there, as the client's does).
+    /// The most items one GenerateBatch call may carry.
+    pub fn max_batch_items(&self) -> usize {
+        self.max_batch_items
+    }
+
+    /// Runs a Generate call: the whole text once it is ready, from the
+    /// model's cache, an identical call already running, the model, or one
+    /// of its fallbacks.
     pub async fn generate(
         &self,
         request: proto::GenerateRequest,
-        client_timeout: Option<Duration>,
-        received: Instant,
+        options: CallOptions,
     ) -> Result<Outcome, Error> {
         let model = self.lookup(&request.model);
-        let mut record = self.record(model, Method::Generate, received);
-        let result = self
-            .run_generate(model, request, client_timeout, &record)
-            .await;
+        let mut record = self.record(model, options.method, options.received);
+        let result = self.generate_cached(model, request, &options).await;
         record.finish(result.as_ref().err());
-        result
+        result.map(|outcome| outcome.received_at(options.received))
     }
 
-    async fn run_generate(
+    /// The cache's part of a Generate call.
+    async fn generate_cached(
         &self,
         model: Option<&Model>,
         request: proto::GenerateRequest,
-        client_timeout: Option<Duration>,
-        record: &CallRecord,
+        options: &CallOptions,
+    ) -> Result<Outcome, Error> {
+        // Held while this call waits on an identical one, too.
+        let _token = self.enter()?;
+        let model = model.ok_or_else(|| self.not_found(&request.model))?;
+        let Some(cache) = &model.cache else {
+            return self.generate_routed(model, request, options).await;
+        };
+        if options.cache == Directive::Skip {
+            return self
+                .generate_routed(model, request, options)
+                .await
+                .map(|outcome| outcome.cached(CacheState::Bypass));
+        }
+        let Some(key) = cache.key(&request) else {
+            return self.generate_routed(model, request, options).await;
+        };
+        if options.cache == Directive::Refresh {
+            let outcome = self.generate_routed(model, request, options).await?;
+            cache.insert(key, outcome.clone()).await;
+            return Ok(outcome.cached(CacheState::Bypass));
+        }
+        let deadline = model.deadline(options.received, options.client_timeout);
+        loop {
+            let ran = AtomicBool::new(false);
+            let run = async {
+                ran.store(true, Ordering::Relaxed);
+                self.generate_routed(model, request.clone(), options).await
+            };
+            let lookup = tokio::time::timeout_at(deadline.at().into(), cache.get_or_run(&key, run));
+            let Ok(result) = lookup.await else {
+                return Err(Error::DeadlineExceeded {
+                    model: model.config.name.clone(),
+                    deadline,
+                    stage: Stage::Queued,
+                });
+            };
+            return match result {
+                Ok(Lookup::Hit(entry)) => Ok(Outcome::from_cache(&entry)),
+                Ok(Lookup::Miss(entry)) => Ok(entry.as_ref().clone().cached(CacheState::Miss)),
+                Ok(Lookup::Coalesced(entry)) => {
+                    Ok(entry.as_ref().clone().cached(CacheState::Coalesced))
+                }
+                // The shared call ended on another call's deadline (or its
+                // client left): this one has time left, so it tries again.
+                Err(Error::DeadlineExceeded { .. } | Error::Dropped { .. })
+                    if !ran.load(Ordering::Relaxed) && !deadline.expired() =>
+                {
+                    continue;
+                }
+                Err(error) => Err(error),
+            };
+        }
+    }
+
+    /// A Generate call on `first`, then on its fallbacks in order while
+    /// each fails in a way that allows it, all within `first`'s deadline.
+    async fn generate_routed(
+        &self,
+        first: &Model,
+        request: proto::GenerateRequest,
+        options: &CallOptions,
+    ) -> Result<Outcome, Error> {
+        let overall = first.deadline(options.received, options.client_timeout);
+        let mut chain = first.fallbacks.iter().map(|&i| &self.models[i]);
+        let mut model = first;
+        let mut tried = Vec::new();
+        let mut request = Some(request);
+        loop {
+            let next = chain.next();
+            let this = if next.is_some() {
+                request.clone()
+            } else {
+                request.take()
+            };
+            let Some(this) = this else {
+                return Err(Error::Dropped {
+                    model: model.config.name.clone(),
+                });
+            };
+            let deadline = model
+                .deadline(options.received, options.client_timeout)
+                .earliest(overall);
+            match self.run_once(model, this, deadline, options.received).await {
+                Ok(mut outcome) => {
+                    outcome.route.model.clone_from(&model.config.name);
+                    outcome.route.tried = tried;
+                    return Ok(outcome);
+                }
+                Err(error) => {
+                    let to = self.fall_back(model, next, &error, &overall)?;
+                    tried.push(model.config.name.clone());
+                    model = to;
+                }
+            }
+        }
+    }
+
+    /// The model to try after `model` failed with `error`, or that error
+    /// when there is none or the failure allows none.
+    fn fall_back<'a>(
+        &self,
+        model: &'a Model,
+        next: Option<&'a Model>,
+        error: &Error,
+        overall: &Deadline,
+    ) -> Result<&'a Model, Error> {
+        let (Some(to), Some(reason)) = (next, error.fallback_reason()) else {
+            return Err(error.clone());
+        };
+        if overall.expired() {
+            return Err(error.clone());
+        }
+        let metrics = model.pool.metrics();
+        metrics.rejected(error);
+        metrics.fell_back(&to.config.name, reason);
+        tracing::debug!(model = %model.config.name, to = %to.config.name, reason, "falling back");
+        Ok(to)
+    }
+
+    /// One attempt of a Generate call on one model.
+    async fn run_once(
+        &self,
+        model: &Model,
+        request: proto::GenerateRequest,
+        deadline: Deadline,
+        received: Instant,
     ) -> Result<Outcome, Error> {
         let (tx, rx) = oneshot::channel();
-        let mut call = self.admit(
-            model,
-            request,
-            client_timeout,
-            record.received(),
-            Reply::Whole(tx),
-        )?;
-        let model = || call.model.config.name.clone();
+        let mut call = self.admit(model, request, deadline, received, Reply::Whole(tx))?;
+        let name = || call.model.config.name.clone();
         match tokio::time::timeout_at(call.deadline.at().into(), rx).await {
             Ok(reply) => {
                 call.ticket.settle();
-                let outcome = reply.unwrap_or_else(|_| Err(Error::Dropped { model: model() }))?;
-                Ok(outcome.received_at(record.received()))
+                reply.unwrap_or_else(|_| Err(Error::Dropped { model: name() }))
             }
             Err(_) => Err(Error::DeadlineExceeded {
-                model: model(),
+                model: name(),
                 deadline: call.deadline,
                 stage: call.ticket.abandon().unwrap_or(Stage::Running),
             }),
         }
     }
 
-    /// Starts a GenerateStream call: text as the backend produces it.
-    pub fn generate_stream(
+    /// Starts a GenerateStream call: text as the backend produces it, or
+    /// replayed from the model's cache.
+    pub async fn generate_stream(
         &self,
         request: proto::GenerateRequest,
-        client_timeout: Option<Duration>,
-        received: Instant,
-    ) -> Result<GenerationStream, Error> {
+        options: CallOptions,
+    ) -> Result<CallStream, Error> {
         let model = self.lookup(&request.model);
-        let mut record = self.record(model, Method::GenerateStream, received);
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let call = match self.admit(
-            model,
-            request,
-            client_timeout,
-            record.received(),
-            Reply::Stream(tx),
-        ) {
-            Ok(call) => call,
+        let mut record = self.record(model, Method::GenerateStream, options.received);
+        match self.open_stream(model, request, &options).await {
+            Ok(Opened::Live(stream, None)) => Ok(Box::pin(stream.attach(record))),
+            Ok(Opened::Live(stream, Some((cache, key)))) => {
+                Ok(Box::pin(Storing::new(stream.attach(record), cache, key)))
+            }
+            Ok(Opened::Replay(outcome)) => {
+                record.finish(None);
+                Ok(Box::pin(replay(outcome)))
+            }
             Err(error) => {
                 record.finish(Some(&error));
-                return Err(error);
+                Err(error)
             }
-        };
-        Ok(GenerationStream::new(
-            rx,
-            call.ticket,
-            call.token,
-            record,
-            call.model.config.name.clone(),
-            call.deadline,
-        ))
+        }
+    }
+
+    /// The cache's part of a GenerateStream call: a hit is replayed; a miss
+    /// streams from the backend and is stored when it ends well. Streams
+    /// do not wait on identical calls.
+    async fn open_stream(
+        &self,
+        model: Option<&Model>,
+        request: proto::GenerateRequest,
+        options: &CallOptions,
+    ) -> Result<Opened, Error> {
+        let _token = self.enter()?;
+        let model = model.ok_or_else(|| self.not_found(&request.model))?;
+        let mut state = CacheState::Off;
+        let mut store = None;
+        if let Some(cache) = &model.cache {
+            if options.cache == Directive::Skip {
+                state = CacheState::Bypass;
+            } else if let Some(key) = cache.key(&request) {
+                if options.cache == Directive::Use {
+                    if let Some(hit) = cache.get(&key).await {
+                        let outcome = Outcome::from_cache(&hit).received_at(options.received);
+                        return Ok(Opened::Replay(outcome));
+                    }
+                    cache.missed();
+                    state = CacheState::Miss;
+                } else {
+                    state = CacheState::Bypass;
+                }
+                store = Some((cache.clone(), key));
+            }
+        }
+        let (mut stream, tried) = self.stream_routed(model, request, options).await?;
+        stream.set_route(tried, state);
+        Ok(Opened::Live(Box::new(stream), store))
+    }
+
+    /// A GenerateStream call on `first`, then on its fallbacks while each
+    /// fails before its first token in a way that allows it.
+    async fn stream_routed(
+        &self,
+        first: &Model,
+        request: proto::GenerateRequest,
+        options: &CallOptions,
+    ) -> Result<(GenerationStream, Vec<String>), Error> {
+        let overall = first.deadline(options.received, options.client_timeout);
+        let mut chain = first.fallbacks.iter().map(|&i| &self.models[i]);
+        let mut model = first;
+        let mut tried = Vec::new();
+        let mut request = Some(request);
+        loop {
+            let next = chain.next();
+            let this = if next.is_some() {
+                request.clone()
+            } else {
+                request.take()
+            };
+            let Some(this) = this else {
+                return Err(Error::Dropped {
+                    model: model.config.name.clone(),
+                });
+            };
+            let deadline = model
+                .deadline(options.received, options.client_timeout)
+                .earliest(overall);
+            let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+            let error = match self.admit(model, this, deadline, options.received, Reply::Stream(tx))
+            {
+                Ok(call) => {
+                    let mut stream = GenerationStream::new(
+                        rx,
+                        call.ticket,
+                        call.token,
+                        options.received,
+                        model.config.name.clone(),
+                        deadline,
+                    );
+                    // Without a fallback, nothing to decide: stream at once.
+                    if next.is_none() {
+                        return Ok((stream, tried));
+                    }
+                    match stream.first_error().await {
+                        Some(error) if error.fallback_reason().is_some() => error,
+                        _ => return Ok((stream, tried)),
+                    }
+                }
+                Err(error) => error,
+            };
+            let to = self.fall_back(model, next, &error, &overall)?;
+            tried.push(model.config.name.clone());
+            model = to;
+        }
     }
 
     /// The served model of that name: looked up once per call, for both its
@@ -279,20 +590,18 @@ impl Gateway {
         CallRecord::new(metrics.clone(), method, received)
     }
 
-    /// Everything a call goes through before it waits: shutdown check,
-    /// model lookup, validation, deadline, admission to the queue.
+    /// Everything a call goes through before it waits on one model:
+    /// shutdown check, validation, admission to the queue.
     fn admit<'a>(
         &'a self,
-        model: Option<&'a Model>,
+        model: &'a Model,
         request: proto::GenerateRequest,
-        client_timeout: Option<Duration>,
+        deadline: Deadline,
         received: Instant,
         reply: Reply,
     ) -> Result<Admitted<'a>, Error> {
         let token = self.enter()?;
-        let model = model.ok_or_else(|| self.not_found(&request.model))?;
         let params = request::params(request, &model.config)?;
-        let deadline = model.deadline(received, client_timeout);
         let ticket = model.pool.submit(params, deadline, received, reply)?;
         Ok(Admitted {
             token,

@@ -29,6 +29,9 @@
 //! - [`error`]: the error type and its status codes
 //! - [`status_fix`]: oversized requests → RESOURCE_EXHAUSTED, undecodable
 //!   ones → INVALID_ARGUMENT
+//! - [`cache`]: the per-model response cache and the coalescing of
+//!   identical calls
+//! - `batch`: GenerateBatch, many calls in one RPC
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint
 //! - `connection`: connection caps, idle timeouts and the fd limit of both
 //!   listeners
@@ -36,7 +39,9 @@
 //! - [`cli`]: the command line
 
 pub mod backend;
+pub(crate) mod batch;
 pub mod bench;
+pub mod cache;
 pub(crate) mod cancel;
 pub mod cli;
 pub mod config;

@@ -21,6 +21,36 @@ pub struct Outcome {
     pub completion: Completion,
     /// Where the call's time went.
     pub timing: Timing,
+    /// Which model served it, which failed first, and the cache's part.
+    pub route: Route,
+}
+
+/// How a call was served: set by the gateway, not the worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    /// The model that served the call (empty until the gateway stamps it).
+    pub model: String,
+    /// The models tried before it, each of which failed before its first
+    /// token.
+    pub tried: Vec<String>,
+    /// The response cache's part in the call.
+    pub cache: CacheState,
+}
+
+/// The response cache's part in a call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CacheState {
+    /// No cache, or a request that may not be cached.
+    #[default]
+    Off,
+    /// Not cached: the backend ran, and the answer was stored.
+    Miss,
+    /// Answered from the cache.
+    Hit,
+    /// Shared an identical call's backend call.
+    Coalesced,
+    /// The client asked to bypass the cache.
+    Bypass,
 }
 
 /// Where a call's time went.
@@ -37,6 +67,21 @@ pub struct Timing {
 }
 
 impl Outcome {
+    /// A cached answer as this call's: no queue, no backend time (the
+    /// handler stamps the total).
+    pub(crate) fn from_cache(cached: &Outcome) -> Self {
+        let mut outcome = cached.clone();
+        outcome.timing = Timing::default();
+        outcome.route.cache = CacheState::Hit;
+        outcome
+    }
+
+    /// The same outcome, marked with the cache's part in it.
+    pub(crate) fn cached(mut self, state: CacheState) -> Self {
+        self.route.cache = state;
+        self
+    }
+
     /// Stamps the end-to-end time, once the handler holds the result.
     pub(crate) fn received_at(mut self, received: Instant) -> Self {
         self.timing.total = received.elapsed();

@@ -35,11 +35,6 @@ impl CallRecord {
         }
     }
 
-    /// When the handler received the call.
-    pub(crate) fn received(&self) -> Instant {
-        self.received
-    }
-
     /// The model's metric handles.
     pub(crate) fn metrics(&self) -> &ModelMetrics {
         &self.metrics

@@ -15,9 +15,12 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::backend::FinishReason;
+use crate::batch;
+use crate::cache::Directive;
 use crate::deadline::Arrival;
-use crate::gateway::Gateway;
-use crate::outcome::{Outcome, StreamItem};
+use crate::gateway::{CallOptions, Gateway};
+use crate::metrics::Method;
+use crate::outcome::{CacheState, Outcome, StreamItem};
 use crate::proto;
 use crate::proto::inference_server::Inference;
 use crate::request::grpc_timeout;
@@ -38,6 +41,8 @@ impl InferenceService {
 type ResponseStream =
     Pin<Box<dyn Stream<Item = Result<proto::GenerateStreamResponse, Status>> + Send>>;
 
+type BatchStream = Pin<Box<dyn Stream<Item = Result<proto::GenerateBatchResponse, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Inference for InferenceService {
     async fn generate(
@@ -45,24 +50,15 @@ impl Inference for InferenceService {
         request: Request<proto::GenerateRequest>,
     ) -> Result<Response<proto::GenerateResponse>, Status> {
         let id = RequestId::of(request.metadata());
-        let span = call_span("generate", request.get_ref(), &id);
+        let span = call_span("generate", &request.get_ref().model, &id);
         async {
-            let timeout = grpc_timeout(request.metadata());
-            let received = received(&request);
-            let model = request.get_ref().model.clone();
+            let options = options(&request, Method::Generate);
             let outcome = self
                 .gateway
-                .generate(request.into_inner(), timeout, received)
+                .generate(request.into_inner(), options)
                 .await
                 .map_err(|e| id.status(&e))?;
-            let response = Response::new(proto::GenerateResponse {
-                finish_reason: finish_reason(outcome.completion.finish_reason).into(),
-                usage: Some(usage(&outcome)),
-                timing: Some(timing(&outcome)),
-                text: outcome.text,
-                model,
-            });
-            Ok(id.tag_response(response))
+            Ok(id.tag_response(Response::new(generate_response(outcome))))
         }
         .instrument(span)
         .await
@@ -75,29 +71,57 @@ impl Inference for InferenceService {
         request: Request<proto::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
         let id = RequestId::of(request.metadata());
-        let span = call_span("generate_stream", request.get_ref(), &id);
+        let span = call_span("generate_stream", &request.get_ref().model, &id);
+        async {
+            let options = options(&request, Method::GenerateStream);
+            let stream = self
+                .gateway
+                .generate_stream(request.into_inner(), options)
+                .await
+                .map_err(|e| id.status(&e))?;
+            let request_id = id.to_string();
+            let stream = stream.map(move |item| match item {
+                Ok(StreamItem::Text(text)) => Ok(proto::GenerateStreamResponse {
+                    text,
+                    ..Default::default()
+                }),
+                Ok(StreamItem::Done(outcome)) => Ok(proto::GenerateStreamResponse {
+                    text: String::new(),
+                    finish_reason: finish_reason(outcome.completion.finish_reason).into(),
+                    usage: Some(usage(&outcome)),
+                    timing: Some(timing(&outcome)),
+                    cache: cache_status(outcome.route.cache).into(),
+                    model: outcome.route.model,
+                    tried: outcome.route.tried,
+                }),
+                Err(error) => Err(error.to_status(&request_id)),
+            });
+            let stream: ResponseStream = Box::pin(stream);
+            Ok(id.tag_response(Response::new(stream)))
+        }
+        .instrument(span)
+        .await
+    }
+
+    type GenerateBatchStream = BatchStream;
+
+    async fn generate_batch(
+        &self,
+        request: Request<proto::GenerateBatchRequest>,
+    ) -> Result<Response<Self::GenerateBatchStream>, Status> {
+        let id = RequestId::of(request.metadata());
+        let span = call_span("generate_batch", "", &id);
         let _entered = span.enter();
-        let timeout = grpc_timeout(request.metadata());
-        let received = received(&request);
-        let stream = self
-            .gateway
-            .generate_stream(request.into_inner(), timeout, received)
-            .map_err(|e| id.status(&e))?;
-        let request_id = id.to_string();
-        let stream = stream.map(move |item| match item {
-            Ok(StreamItem::Text(text)) => Ok(proto::GenerateStreamResponse {
-                text,
-                ..Default::default()
-            }),
-            Ok(StreamItem::Done(outcome)) => Ok(proto::GenerateStreamResponse {
-                text: String::new(),
-                finish_reason: finish_reason(outcome.completion.finish_reason).into(),
-                usage: Some(usage(&outcome)),
-                timing: Some(timing(&outcome)),
-            }),
-            Err(error) => Err(error.to_status(&request_id)),
-        });
-        Ok(id.tag_response(Response::new(Box::pin(stream))))
+        let options = options(&request, Method::GenerateBatch);
+        let stream = batch::run(
+            self.gateway.clone(),
+            request.into_inner(),
+            options,
+            id.to_string(),
+        )
+        .map_err(|e| id.status(&e))?;
+        let stream: BatchStream = Box::pin(stream);
+        Ok(id.tag_response(Response::new(stream)))
     }
 
     async fn list_models(
@@ -121,9 +145,16 @@ impl Inference for InferenceService {
                     timeout_ms: model.config.timeout_ms,
                     backend_calls: stats.backend_calls,
                     ready_workers: saturate(stats.ready),
+                    fallbacks: model.config.fallbacks.clone(),
+                    cache_entries: 0,
+                    cache_bytes: 0,
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut models = models;
+        for (info, model) in models.iter_mut().zip(self.gateway.models()) {
+            (info.cache_entries, info.cache_bytes) = model.cache_size().await;
+        }
         Ok(Response::new(proto::ListModelsResponse { models }))
     }
 }
@@ -186,14 +217,9 @@ impl fmt::Display for RequestId {
 /// The span of one call, at info level so that warnings logged by workers
 /// and backends during the call carry its request id. The model name is
 /// client input: only a bounded prefix is recorded.
-fn call_span(
-    method: &'static str,
-    request: &proto::GenerateRequest,
-    id: &RequestId,
-) -> tracing::Span {
-    let model = request
-        .model
-        .get(..request.model.len().min(MAX_SPAN_MODEL_BYTES))
+fn call_span(method: &'static str, model: &str, id: &RequestId) -> tracing::Span {
+    let model = model
+        .get(..model.len().min(MAX_SPAN_MODEL_BYTES))
         .unwrap_or("?");
     tracing::info_span!("call", method, model, request_id = %id)
 }
@@ -207,6 +233,48 @@ fn received<T>(request: &Request<T>) -> Instant {
         .extensions()
         .get::<Arrival>()
         .map_or_else(Instant::now, |arrival| arrival.0)
+}
+
+/// How a call came in: its arrival, grpc-timeout, RPC and cache-control.
+fn options<T>(request: &Request<T>, method: Method) -> CallOptions {
+    let cache = request
+        .metadata()
+        .get(CACHE_CONTROL)
+        .and_then(|value| value.to_str().ok())
+        .map_or(Directive::Use, Directive::parse);
+    CallOptions {
+        client_timeout: grpc_timeout(request.metadata()),
+        received: received(request),
+        method,
+        cache,
+    }
+}
+
+/// The metadata key a client bypasses the response cache with
+/// (`no-cache`: a fresh answer, stored; `no-store`: the cache untouched).
+const CACHE_CONTROL: &str = "cache-control";
+
+/// A Generate call's answer (also a GenerateBatch item's).
+pub(crate) fn generate_response(outcome: Outcome) -> proto::GenerateResponse {
+    proto::GenerateResponse {
+        finish_reason: finish_reason(outcome.completion.finish_reason).into(),
+        usage: Some(usage(&outcome)),
+        timing: Some(timing(&outcome)),
+        cache: cache_status(outcome.route.cache).into(),
+        text: outcome.text,
+        model: outcome.route.model,
+        tried: outcome.route.tried,
+    }
+}
+
+fn cache_status(state: CacheState) -> proto::CacheStatus {
+    match state {
+        CacheState::Off => proto::CacheStatus::Unspecified,
+        CacheState::Miss => proto::CacheStatus::Miss,
+        CacheState::Hit => proto::CacheStatus::Hit,
+        CacheState::Coalesced => proto::CacheStatus::Coalesced,
+        CacheState::Bypass => proto::CacheStatus::Bypass,
+    }
 }
 
 /// Bytes of the requested model name kept in a call's span.

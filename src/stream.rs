@@ -20,7 +20,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::deadline::Deadline;
 use crate::error::{Error, Stage};
-use crate::outcome::StreamItem;
+use crate::outcome::{CacheState, Route, StreamItem};
 use crate::pool::Ticket;
 use crate::record::CallRecord;
 
@@ -31,7 +31,14 @@ pub struct GenerationStream {
     ticket: Ticket,
     /// Held until the stream is dropped: the call counts as in flight.
     _call: TaskTrackerToken,
-    record: CallRecord,
+    /// The RPC's record: attached once the call is sure to be served by
+    /// this stream (a model with fallbacks peeks at the first item first).
+    record: Option<CallRecord>,
+    received: std::time::Instant,
+    /// The first item, read before the record was attached.
+    peeked: Option<Result<StreamItem, Error>>,
+    /// Stamped on the last item.
+    route: Route,
     model: String,
     /// Whether a token has been seen (time to first token is recorded once).
     first_token_seen: bool,
@@ -41,11 +48,12 @@ pub struct GenerationStream {
 }
 
 impl GenerationStream {
+    /// The stream of an admitted call, received at `received`.
     pub(crate) fn new(
         rx: mpsc::Receiver<Result<StreamItem, Error>>,
         ticket: Ticket,
         call: TaskTrackerToken,
-        record: CallRecord,
+        received: std::time::Instant,
         model: String,
         deadline: Deadline,
     ) -> Self {
@@ -53,7 +61,13 @@ impl GenerationStream {
             rx,
             ticket,
             _call: call,
-            record,
+            record: None,
+            received,
+            peeked: None,
+            route: Route {
+                model: model.clone(),
+                ..Route::default()
+            },
             model,
             first_token_seen: false,
             deadline,
@@ -62,10 +76,47 @@ impl GenerationStream {
         }
     }
 
+    /// Waits for the first item and returns its error, if it is one: a
+    /// model with fallbacks passes such a call on. The item is kept for
+    /// the client otherwise.
+    pub(crate) async fn first_error(&mut self) -> Option<Error> {
+        use tokio_stream::StreamExt;
+        let first = self.next().await;
+        let error = match &first {
+            Some(Err(error)) => Some(error.clone()),
+            _ => None,
+        };
+        self.peeked = first;
+        error
+    }
+
+    /// Says which models were tried before this one, and the cache's part.
+    pub(crate) fn set_route(&mut self, tried: Vec<String>, cache: CacheState) {
+        self.route.tried = tried;
+        self.route.cache = cache;
+    }
+
+    /// Attaches the RPC's record, catching up with what was peeked.
+    pub(crate) fn attach(mut self, mut record: CallRecord) -> Self {
+        match &self.peeked {
+            Some(Ok(StreamItem::Text(_))) => {
+                record.metrics().first_token(self.received.elapsed());
+            }
+            Some(Ok(StreamItem::Done(_))) => record.finish(None),
+            Some(Err(error)) => record.finish(Some(error)),
+            None if self.done => record.finish(None),
+            None => {}
+        }
+        self.record = Some(record);
+        self
+    }
+
     fn end(&mut self, item: Result<StreamItem, Error>) -> Poll<Option<Result<StreamItem, Error>>> {
         self.done = true;
         self.ticket.settle();
-        self.record.finish(item.as_ref().err());
+        if let Some(record) = self.record.as_mut() {
+            record.finish(item.as_ref().err());
+        }
         Poll::Ready(Some(item))
     }
 
@@ -84,6 +135,9 @@ impl Stream for GenerationStream {
     type Item = Result<StreamItem, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(item) = self.peeked.take() {
+            return Poll::Ready(Some(item));
+        }
         if self.done {
             return Poll::Ready(None);
         }
@@ -96,13 +150,15 @@ impl Stream for GenerationStream {
                 }
                 if !self.first_token_seen {
                     self.first_token_seen = true;
-                    let elapsed = self.record.received().elapsed();
-                    self.record.metrics().first_token(elapsed);
+                    if let Some(record) = &self.record {
+                        record.metrics().first_token(self.received.elapsed());
+                    }
                 }
                 Poll::Ready(Some(Ok(StreamItem::Text(text))))
             }
             Poll::Ready(Some(Ok(StreamItem::Done(outcome)))) => {
-                let outcome = outcome.received_at(self.record.received());
+                let mut outcome = outcome.received_at(self.received);
+                outcome.route = self.route.clone();
                 self.end(Ok(StreamItem::Done(outcome)))
             }
             Poll::Ready(Some(Err(error))) => self.end(Err(error)),

@@ -81,6 +81,7 @@ impl Baseline {
                 time_to_first_token_us: micros(backend),
             }),
             model: request.model.clone(),
+            ..Default::default()
         }
     }
 }
@@ -103,6 +104,16 @@ impl Inference for Baseline {
         &self,
         _request: Request<proto::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStreamStream>, Status> {
+        Err(Status::unimplemented("the baseline serves Generate only"))
+    }
+
+    type GenerateBatchStream =
+        Pin<Box<dyn Stream<Item = Result<proto::GenerateBatchResponse, Status>> + Send>>;
+
+    async fn generate_batch(
+        &self,
+        _request: Request<proto::GenerateBatchRequest>,
+    ) -> Result<Response<Self::GenerateBatchStream>, Status> {
         Err(Status::unimplemented("the baseline serves Generate only"))
     }
 

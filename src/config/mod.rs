@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use error::ConfigError;
 use error::{line_of_model_key, parse_error};
 pub use redact::{redact_url, url_secret};
-pub(crate) use validate::validate_model_name;
+pub(crate) use validate::{validate_fallbacks, validate_model_name};
 
 /// The configuration used when `serve` is given no `--config`: simulated
 /// models that replay the original two-task story, and a fast one for load
@@ -64,6 +64,25 @@ pub const DEFAULT_METRICS_MAX_CONNECTIONS: usize = 64;
 pub const DEFAULT_METRICS_HEADER_TIMEOUT_MS: u64 = 5_000;
 /// Default longest life of a `/metrics` connection.
 pub const DEFAULT_METRICS_CONNECTION_TIMEOUT_MS: u64 = 60_000;
+
+/// Default most items in one GenerateBatch call.
+pub const DEFAULT_MAX_BATCH_ITEMS: usize = 256;
+/// Most items `server.max_batch_items` may allow.
+pub const MAX_BATCH_ITEMS: usize = 100_000;
+/// Most fallbacks one model may list.
+pub const MAX_FALLBACKS: usize = 16;
+/// Default answers one model's response cache holds.
+pub const DEFAULT_CACHE_MAX_ENTRIES: u64 = 10_000;
+/// Default bytes one model's response cache holds: 64 MiB.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Default time an answer stays in the cache: 5 minutes.
+pub const DEFAULT_CACHE_TTL_SECONDS: f64 = 300.0;
+/// Most answers one model's cache may hold.
+pub const MAX_CACHE_ENTRIES: u64 = 100_000_000;
+/// Most bytes one model's cache may hold: 64 GiB.
+pub const MAX_CACHE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+/// Longest time an answer may stay cached: 30 days.
+pub const MAX_CACHE_TTL_SECONDS: f64 = 30.0 * 86_400.0;
 
 /// Most gRPC connections `server.max_connections` may allow.
 pub const MAX_CONNECTIONS: usize = 1_000_000;
@@ -150,6 +169,10 @@ pub struct ServerConfig {
     /// Longest life of a `/metrics` connection, however it is used.
     #[serde(default = "default_metrics_connection_timeout_ms")]
     pub metrics_connection_timeout_ms: u64,
+    /// Most items one GenerateBatch call may carry: each is a call of its
+    /// own, so this bounds what one RPC can put in the queues.
+    #[serde(default = "default_max_batch_items")]
+    pub max_batch_items: usize,
 }
 
 impl Default for ServerConfig {
@@ -166,6 +189,7 @@ impl Default for ServerConfig {
             metrics_max_connections: DEFAULT_METRICS_MAX_CONNECTIONS,
             metrics_header_timeout_ms: DEFAULT_METRICS_HEADER_TIMEOUT_MS,
             metrics_connection_timeout_ms: DEFAULT_METRICS_CONNECTION_TIMEOUT_MS,
+            max_batch_items: DEFAULT_MAX_BATCH_ITEMS,
         }
     }
 }
@@ -234,6 +258,19 @@ pub struct ModelConfig {
     /// Largest `max_tokens` a request may ask for.
     #[serde(default = "default_max_tokens")]
     pub max_tokens: u32,
+    /// Models tried in order when a call to this one fails before its
+    /// first token with UNAVAILABLE or RESOURCE_EXHAUSTED (queue full,
+    /// model down, refused at admission, upstream 429 or 5xx), within the
+    /// same deadline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
+    /// The response cache; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheConfig>,
+    /// Caches answers to requests that are not deterministic (temperature
+    /// above 0 or unset, and no seed): for backends that ignore sampling.
+    #[serde(default)]
+    pub cache_nondeterministic: bool,
     /// Settings of the simulated backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simulated: Option<SimulatedConfig>,
@@ -256,6 +293,9 @@ impl ModelConfig {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             max_timeout_ms: DEFAULT_MAX_TIMEOUT_MS,
             max_tokens: DEFAULT_MAX_TOKENS,
+            fallbacks: Vec::new(),
+            cache: None,
+            cache_nondeterministic: false,
             simulated: None,
             process: None,
             openai: None,
@@ -270,6 +310,39 @@ impl ModelConfig {
     /// The cap on a client's deadline.
     pub fn max_timeout(&self) -> Duration {
         Duration::from_millis(self.max_timeout_ms)
+    }
+}
+
+/// The `[models.cache]` table: a bounded response cache. Whichever bound
+/// is reached first evicts the least recently used answers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Most answers held.
+    #[serde(default = "default_cache_max_entries")]
+    pub max_entries: u64,
+    /// Most bytes held (keys, which hold the prompt, and answers).
+    #[serde(default = "default_cache_max_bytes")]
+    pub max_bytes: u64,
+    /// How long an answer is served after it was made; fractions allowed.
+    #[serde(default = "default_cache_ttl_seconds")]
+    pub ttl_seconds: f64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: DEFAULT_CACHE_MAX_ENTRIES,
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            ttl_seconds: DEFAULT_CACHE_TTL_SECONDS,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The time-to-live as a duration (validated: positive and bounded).
+    pub fn ttl(&self) -> Duration {
+        Duration::try_from_secs_f64(self.ttl_seconds).unwrap_or(Duration::from_secs(1))
     }
 }
 
@@ -466,6 +539,18 @@ fn default_metrics_header_timeout_ms() -> u64 {
 }
 fn default_metrics_connection_timeout_ms() -> u64 {
     DEFAULT_METRICS_CONNECTION_TIMEOUT_MS
+}
+fn default_max_batch_items() -> usize {
+    DEFAULT_MAX_BATCH_ITEMS
+}
+fn default_cache_max_entries() -> u64 {
+    DEFAULT_CACHE_MAX_ENTRIES
+}
+fn default_cache_max_bytes() -> u64 {
+    DEFAULT_CACHE_MAX_BYTES
+}
+fn default_cache_ttl_seconds() -> f64 {
+    DEFAULT_CACHE_TTL_SECONDS
 }
 fn default_workers() -> usize {
     DEFAULT_WORKERS

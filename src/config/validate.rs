@@ -6,12 +6,13 @@ use std::collections::HashSet;
 use std::fmt::Display;
 
 use crate::config::{
-    BackendKind, Config, MAX_CANCEL_GRACE_MS, MAX_CONCURRENT_STREAMS,
-    MAX_CONNECTION_TIMEOUT_SECONDS, MAX_CONNECTIONS, MAX_HEALTH_INTERVAL_MS, MAX_HTTP_TIMEOUT_MS,
-    MAX_MAX_TOKENS, MAX_MESSAGE_BYTES, MAX_METRICS_CONNECTIONS, MAX_METRICS_TIMEOUT_MS,
-    MAX_QUEUE_CAPACITY, MAX_SHUTDOWN_GRACE_SECONDS, MAX_SIMULATED_LATENCY_MS,
-    MAX_SIMULATED_OUTPUT_TOKENS, MAX_START_TIMEOUT_MS, MAX_TIMEOUT_MS, MAX_WORKERS,
-    MIN_HEALTH_INTERVAL_MS, MIN_MESSAGE_BYTES, ModelConfig, ServerConfig, redact_url,
+    BackendKind, Config, MAX_BATCH_ITEMS, MAX_CACHE_BYTES, MAX_CACHE_ENTRIES,
+    MAX_CACHE_TTL_SECONDS, MAX_CANCEL_GRACE_MS, MAX_CONCURRENT_STREAMS,
+    MAX_CONNECTION_TIMEOUT_SECONDS, MAX_CONNECTIONS, MAX_FALLBACKS, MAX_HEALTH_INTERVAL_MS,
+    MAX_HTTP_TIMEOUT_MS, MAX_MAX_TOKENS, MAX_MESSAGE_BYTES, MAX_METRICS_CONNECTIONS,
+    MAX_METRICS_TIMEOUT_MS, MAX_QUEUE_CAPACITY, MAX_SHUTDOWN_GRACE_SECONDS,
+    MAX_SIMULATED_LATENCY_MS, MAX_SIMULATED_OUTPUT_TOKENS, MAX_START_TIMEOUT_MS, MAX_TIMEOUT_MS,
+    MAX_WORKERS, MIN_HEALTH_INTERVAL_MS, MIN_MESSAGE_BYTES, ModelConfig, ServerConfig, redact_url,
 };
 
 /// Checks that `value` of `key` lies in `min..=max`, saying so otherwise.
@@ -54,6 +55,12 @@ impl Config {
             MAX_CONCURRENT_STREAMS,
         )?;
         validate_connection_limits(server)?;
+        in_range(
+            "server.max_batch_items",
+            server.max_batch_items,
+            1,
+            MAX_BATCH_ITEMS,
+        )?;
         if self.models.is_empty() {
             return Err((
                 "models".into(),
@@ -92,9 +99,124 @@ impl Config {
             .map_err(|(k, m)| (k, format!("{m} (it may not exceed max_timeout_ms)")))?;
             in_range(&key("max_tokens"), model.max_tokens, 1, MAX_MAX_TOKENS)?;
             validate_backend_section(model).map_err(|(field, m)| (key(field), m))?;
+            validate_cache(model).map_err(|(field, m)| (key(field), m))?;
         }
-        Ok(())
+        validate_fallbacks(&self.models)
     }
+}
+
+/// Checks a model's `[models.cache]` bounds.
+fn validate_cache(model: &ModelConfig) -> Result<(), (&'static str, String)> {
+    let Some(cache) = &model.cache else {
+        if model.cache_nondeterministic {
+            return Err((
+                "cache_nondeterministic",
+                "is set but the model has no [models.cache] table".into(),
+            ));
+        }
+        return Ok(());
+    };
+    let within = |key: &'static str, value: u64, max: u64| {
+        in_range(key, value, 1, max).map_err(|(_, m)| (key, m))
+    };
+    within("cache.max_entries", cache.max_entries, MAX_CACHE_ENTRIES)?;
+    within("cache.max_bytes", cache.max_bytes, MAX_CACHE_BYTES)?;
+    // NaN fails both comparisons, so it is refused too.
+    if !(cache.ttl_seconds > 0.0 && cache.ttl_seconds <= MAX_CACHE_TTL_SECONDS) {
+        return Err((
+            "cache.ttl_seconds",
+            format!(
+                "must be above 0 and at most {MAX_CACHE_TTL_SECONDS}, got {}",
+                cache.ttl_seconds
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks every model's `fallbacks`: served names, not the model itself,
+/// no repeats, and no cycle through other models' fallbacks (a call could
+/// otherwise bounce between them until its deadline).
+pub(crate) fn validate_fallbacks(models: &[ModelConfig]) -> Result<(), (String, String)> {
+    let index: std::collections::HashMap<&str, usize> = models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.name.as_str(), i))
+        .collect();
+    for (i, model) in models.iter().enumerate() {
+        let key = format!("models[{i}].fallbacks");
+        if model.fallbacks.len() > MAX_FALLBACKS {
+            return Err((
+                key,
+                format!(
+                    "lists {} models, at most {MAX_FALLBACKS}",
+                    model.fallbacks.len()
+                ),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (j, name) in model.fallbacks.iter().enumerate() {
+            let key = format!("{key}[{j}]");
+            if !index.contains_key(name.as_str()) {
+                let known: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+                return Err((
+                    key,
+                    format!(
+                        "\"{name}\" is not a configured model; the models are: {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            if *name == model.name {
+                return Err((key, format!("\"{name}\" is the model itself")));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err((key, format!("\"{name}\" is listed twice")));
+            }
+        }
+    }
+    // A cycle: a path of fallbacks from a model back to itself.
+    for (i, model) in models.iter().enumerate() {
+        let mut path = vec![model.name.as_str()];
+        if let Some(cycle) = find_cycle(models, &index, i, &mut path) {
+            return Err((
+                format!("models[{i}].fallbacks"),
+                format!("form a cycle: {}", cycle.join(" -> ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Depth-first search from `at` for a fallback path back to `path[0]`.
+fn find_cycle<'a>(
+    models: &'a [ModelConfig],
+    index: &std::collections::HashMap<&str, usize>,
+    at: usize,
+    path: &mut Vec<&'a str>,
+) -> Option<Vec<&'a str>> {
+    for next in &models[at].fallbacks {
+        if *next == path[0] {
+            let mut cycle = path.clone();
+            cycle.push(next.as_str());
+            return Some(cycle);
+        }
+        // Names were checked above; a path longer than the model count
+        // has repeated a model other than the start (that one's own
+        // search reports it).
+        let Some(&j) = index.get(next.as_str()) else {
+            continue;
+        };
+        if path.contains(&next.as_str()) || path.len() > models.len() {
+            continue;
+        }
+        path.push(next.as_str());
+        if let Some(cycle) = find_cycle(models, index, j, path) {
+            return Some(cycle);
+        }
+        path.pop();
+    }
+    None
 }
 
 /// Checks the limits of both listeners: each between 1 and its maximum.

@@ -68,6 +68,19 @@ pub const CONNECTIONS: &str = "infergate_connections";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "infergate_connections_refused_total";
 /// Connections the server closed because of a limit, by listener and reason.
 pub const CONNECTIONS_CLOSED_TOTAL: &str = "infergate_connections_closed_total";
+/// Calls that a model passed to one of its fallbacks, by model, the
+/// fallback and the reason.
+pub const FALLBACKS_TOTAL: &str = "infergate_fallbacks_total";
+/// Calls answered from a model's response cache.
+pub const CACHE_HITS_TOTAL: &str = "infergate_cache_hits_total";
+/// Cacheable calls not in the cache, which ran the backend.
+pub const CACHE_MISSES_TOTAL: &str = "infergate_cache_misses_total";
+/// Calls that shared an identical call's backend call.
+pub const CACHE_COALESCED_TOTAL: &str = "infergate_cache_coalesced_total";
+/// Answers held in a model's response cache.
+pub const CACHE_ENTRIES: &str = "infergate_cache_entries";
+/// Bytes held in a model's response cache.
+pub const CACHE_BYTES: &str = "infergate_cache_bytes";
 /// Always 1, labelled with the version.
 pub const BUILD_INFO: &str = "infergate_build_info";
 
@@ -197,6 +210,36 @@ fn describe() {
         CONNECTIONS_CLOSED_TOTAL,
         Unit::Count,
         "Connections the server closed on a limit, by listener and reason: idle, first_call, evicted (made way for a new one before any call), header_timeout (also idle keep-alive), connection_timeout (connections)."
+    );
+    describe_counter!(
+        FALLBACKS_TOTAL,
+        Unit::Count,
+        "Calls passed from a model to its fallback `to` after failing before their first token, by reason: queue_full, deadline (refused at admission), model_down, unavailable, resource_exhausted (calls)."
+    );
+    describe_counter!(
+        CACHE_HITS_TOTAL,
+        Unit::Count,
+        "Calls answered from the model's response cache, with no backend call (calls)."
+    );
+    describe_counter!(
+        CACHE_MISSES_TOTAL,
+        Unit::Count,
+        "Cacheable calls that were not in the cache and ran the backend (calls)."
+    );
+    describe_counter!(
+        CACHE_COALESCED_TOTAL,
+        Unit::Count,
+        "Calls that found an identical call running and shared its backend call (calls)."
+    );
+    describe_gauge!(
+        CACHE_ENTRIES,
+        Unit::Count,
+        "Answers held in the model's response cache (entries)."
+    );
+    describe_gauge!(
+        CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes of keys and text held in the model's response cache (bytes)."
     );
     describe_gauge!(
         BUILD_INFO,

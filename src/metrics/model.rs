@@ -21,7 +21,12 @@ pub enum Method {
     Generate,
     /// `GenerateStream`.
     GenerateStream,
+    /// An item of a `GenerateBatch` call (each item is one call).
+    GenerateBatch,
 }
+
+/// How many [`Method`]s there are.
+const METHODS: usize = 3;
 
 impl Method {
     /// The label value: the RPC's name.
@@ -29,6 +34,7 @@ impl Method {
         match self {
             Method::Generate => "Generate",
             Method::GenerateStream => "GenerateStream",
+            Method::GenerateBatch => "GenerateBatch",
         }
     }
 
@@ -104,8 +110,8 @@ pub struct ModelMetrics {
     queue_wait: Histogram,
     backend_duration: Histogram,
     time_to_first_token: Histogram,
-    request_duration: [Histogram; 2],
-    requests: [[OnceLock<Counter>; CODES]; 2],
+    request_duration: [Histogram; METHODS],
+    requests: [[OnceLock<Counter>; CODES]; METHODS],
     rejected: [OnceLock<Counter>; REJECT_REASONS.len()],
     cancelled: [OnceLock<Counter>; 2],
     panics: Counter,
@@ -149,6 +155,7 @@ impl ModelMetrics {
             request_duration: [
                 per_method(Method::Generate),
                 per_method(Method::GenerateStream),
+                per_method(Method::GenerateBatch),
             ],
             requests: Default::default(),
             rejected: Default::default(),
@@ -183,6 +190,15 @@ impl ModelMetrics {
                 })
                 .increment(1);
         }
+    }
+
+    /// A call to this model went to its fallback `to` for `reason`.
+    pub fn fell_back(&self, to: &str, reason: &'static str) {
+        counter!(crate::metrics::FALLBACKS_TOTAL,
+            "model" => self.model.clone(),
+            "to" => to.to_string(),
+            "reason" => reason)
+        .increment(1);
     }
 
     /// A client went away while its call was at `stage`.

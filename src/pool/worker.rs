@@ -24,7 +24,7 @@ use crate::backend::{
 use crate::cancel::CancelSignal;
 use crate::deadline::Deadline;
 use crate::error::{Error, Stage};
-use crate::outcome::{Outcome, Timing};
+use crate::outcome::{Outcome, Route, Timing};
 use crate::pool::Shared;
 use crate::pool::job::{Collect, Forward, Job, Reply};
 use crate::pool::queue::Popped;
@@ -258,6 +258,7 @@ fn run_job(index: usize, shared: &Shared, slot: &mut Slot, job: Job) {
                     total: Duration::ZERO,
                     first_token: first_token.map(|t| t.saturating_duration_since(received)),
                 },
+                route: Route::default(),
             })
         }
         // A backend that gave up because the deadline came (its `sleep`, its
