@@ -86,6 +86,8 @@ pub(crate) struct ResponseCache {
     nondeterministic: bool,
     max_bytes: u64,
     sizes: Arc<Sizes>,
+    /// Calls inside [`Self::get_or_run`] past the cache lookup.
+    in_flight: AtomicU64,
     hits: Counter,
     misses: Counter,
     coalesced: Counter,
@@ -118,6 +120,23 @@ impl Sizes {
             .saturating_sub(bytes);
         self.entries_gauge.set(entries as f64);
         self.bytes_gauge.set(total as f64);
+    }
+}
+
+/// Counts a call in [`ResponseCache::get_or_run`] until dropped, however
+/// the call ends.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -165,6 +184,7 @@ impl ResponseCache {
             nondeterministic,
             max_bytes: config.max_bytes,
             sizes,
+            in_flight: AtomicU64::new(0),
             hits: counter!(CACHE_HITS_TOTAL, "model" => label()),
             misses: counter!(CACHE_MISSES_TOTAL, "model" => label()),
             coalesced: counter!(CACHE_COALESCED_TOTAL, "model" => label()),
@@ -210,6 +230,7 @@ impl ResponseCache {
         if let Some(hit) = self.get(key).await {
             return Ok(Lookup::Hit(hit));
         }
+        let _in_flight = InFlight::enter(&self.in_flight);
         let sizes = &self.sizes;
         let init = async move {
             let outcome = run.await?;
@@ -244,12 +265,14 @@ impl ResponseCache {
         self.misses.increment(1);
     }
 
-    /// Answers and bytes held, once pending evictions are done.
-    pub(crate) async fn size(&self) -> (u64, u64) {
+    /// Answers and bytes held, once pending evictions are done, and the
+    /// calls between lookup and answer.
+    pub(crate) async fn size(&self) -> (u64, u64, u64) {
         self.cache.run_pending_tasks().await;
         (
             self.sizes.entries.load(Ordering::Relaxed),
             self.sizes.bytes.load(Ordering::Relaxed),
+            self.in_flight.load(Ordering::Relaxed),
         )
     }
 }

@@ -58,11 +58,12 @@ impl Model {
         self.pool.stats()
     }
 
-    /// Answers and bytes in the response cache, (0, 0) without one.
-    pub async fn cache_size(&self) -> (u64, u64) {
+    /// Answers and bytes in the response cache, and the cacheable calls
+    /// between lookup and answer; zeros without a cache.
+    pub async fn cache_size(&self) -> (u64, u64, u64) {
         match &self.cache {
             Some(cache) => cache.size().await,
-            None => (0, 0),
+            None => (0, 0, 0),
         }
     }
 

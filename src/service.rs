@@ -148,12 +148,16 @@ impl Inference for InferenceService {
                     fallbacks: model.config.fallbacks.clone(),
                     cache_entries: 0,
                     cache_bytes: 0,
+                    cache_in_flight: 0,
                 }
             })
             .collect::<Vec<_>>();
         let mut models = models;
         for (info, model) in models.iter_mut().zip(self.gateway.models()) {
-            (info.cache_entries, info.cache_bytes) = model.cache_size().await;
+            let (entries, bytes, in_flight) = model.cache_size().await;
+            info.cache_entries = entries;
+            info.cache_bytes = bytes;
+            info.cache_in_flight = saturate(usize::try_from(in_flight).unwrap_or(usize::MAX));
         }
         Ok(Response::new(proto::ListModelsResponse { models }))
     }
