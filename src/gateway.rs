@@ -307,7 +307,17 @@ impl Gateway {
     ) -> Result<Outcome, Error> {
         let model = self.lookup(&request.model);
         let mut record = self.record(model, options.method, options.received);
-        let result = self.generate_cached(model, request, &options).await;
+        let result = match model {
+            // The common case, kept flat: every await level costs memory
+            // in each waiting call.
+            Some(model) if model.cache.is_none() && model.fallbacks.is_empty() => {
+                let deadline = model.deadline(options.received, options.client_timeout);
+                self.run_once(model, request, deadline, options.received)
+                    .await
+                    .map(|outcome| outcome.served_by(model))
+            }
+            _ => Box::pin(self.generate_cached(model, request, &options)).await,
+        };
         record.finish(result.as_ref().err());
         result.map(|outcome| outcome.received_at(options.received))
     }
@@ -319,12 +329,28 @@ impl Gateway {
         request: proto::GenerateRequest,
         options: &CallOptions,
     ) -> Result<Outcome, Error> {
-        // Held while this call waits on an identical one, too.
-        let _token = self.enter()?;
+        if self.is_shutting_down() {
+            return Err(Error::ShuttingDown);
+        }
         let model = model.ok_or_else(|| self.not_found(&request.model))?;
         let Some(cache) = &model.cache else {
             return self.generate_routed(model, request, options).await;
         };
+        // Boxed: the cache's futures are large, and only calls to a model
+        // with a cache should pay for them in memory.
+        Box::pin(self.generate_with_cache(model, cache, request, options)).await
+    }
+
+    /// A Generate call to a model with a cache.
+    async fn generate_with_cache(
+        &self,
+        model: &Model,
+        cache: &ResponseCache,
+        request: proto::GenerateRequest,
+        options: &CallOptions,
+    ) -> Result<Outcome, Error> {
+        // Held while this call waits on an identical one, too.
+        let _token = self.enter()?;
         if options.cache == Directive::Skip {
             return self
                 .generate_routed(model, request, options)
@@ -372,9 +398,27 @@ impl Gateway {
         }
     }
 
+    /// A Generate call on `model`, or on its fallbacks too.
+    async fn generate_routed(
+        &self,
+        model: &Model,
+        request: proto::GenerateRequest,
+        options: &CallOptions,
+    ) -> Result<Outcome, Error> {
+        if model.fallbacks.is_empty() {
+            let deadline = model.deadline(options.received, options.client_timeout);
+            return self
+                .run_once(model, request, deadline, options.received)
+                .await
+                .map(|outcome| outcome.served_by(model));
+        }
+        // Boxed: only calls to a model with fallbacks pay for their state.
+        Box::pin(self.generate_with_fallbacks(model, request, options)).await
+    }
+
     /// A Generate call on `first`, then on its fallbacks in order while
     /// each fails in a way that allows it, all within `first`'s deadline.
-    async fn generate_routed(
+    async fn generate_with_fallbacks(
         &self,
         first: &Model,
         request: proto::GenerateRequest,
@@ -689,5 +733,22 @@ impl StatsSource for Gateway {
             .iter()
             .map(|m| (m.config.name.clone(), m.stats()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every call waiting in a queue keeps its handler's future alive: its
+    /// size is memory per waiting call (bench S5). The cache and fallback
+    /// paths are boxed so that plain calls do not pay for them.
+    #[test]
+    fn a_plain_call_keeps_its_future_small() {
+        let gateway = Gateway::builder().build().expect("an empty gateway");
+        let options = CallOptions::new(Instant::now(), None);
+        let call = gateway.generate(proto::GenerateRequest::default(), options);
+        let size = std::mem::size_of_val(&call);
+        assert!(size <= 1024, "the Generate future takes {size} bytes");
     }
 }

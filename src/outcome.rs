@@ -76,6 +76,12 @@ impl Outcome {
         outcome
     }
 
+    /// The same outcome, served by the model of that name.
+    pub(crate) fn served_by(mut self, model: &crate::gateway::Model) -> Self {
+        self.route.model = model.config.name.clone();
+        self
+    }
+
     /// The same outcome, marked with the cache's part in it.
     pub(crate) fn cached(mut self, state: CacheState) -> Self {
         self.route.cache = state;
