@@ -116,12 +116,13 @@ impl BatchStream {
     }
 
     fn summary(&self) -> proto::GenerateBatchResponse {
-        let wall = self.received.elapsed();
-        let saved = self.sum.saturating_sub(wall);
-        let fraction = if self.sum.is_zero() {
+        // In whole microseconds first, so that saved = sum - wall exactly.
+        let (wall, sum) = (micros(self.received.elapsed()), micros(self.sum));
+        let saved = sum.saturating_sub(wall);
+        let fraction = if sum == 0 {
             0.0
         } else {
-            saved.as_secs_f64() / self.sum.as_secs_f64()
+            saved as f64 / sum as f64
         };
         let count = u32::try_from(self.count).unwrap_or(u32::MAX);
         let succeeded = u32::try_from(self.succeeded).unwrap_or(u32::MAX);
@@ -132,9 +133,9 @@ impl BatchStream {
                     items: count,
                     succeeded,
                     failed: count - succeeded,
-                    wall_us: micros(wall),
-                    sum_us: micros(self.sum),
-                    saved_us: micros(saved),
+                    wall_us: wall,
+                    sum_us: sum,
+                    saved_us: saved,
                     saved_fraction: fraction,
                 },
             )),
