@@ -94,6 +94,10 @@ impl GenerationStream {
     pub(crate) fn set_route(&mut self, tried: Vec<String>, cache: CacheState) {
         self.route.tried = tried;
         self.route.cache = cache;
+        // A call that ended at its first item was stamped while peeked.
+        if let Some(Ok(StreamItem::Done(outcome))) = &mut self.peeked {
+            outcome.route = self.route.clone();
+        }
     }
 
     /// Attaches the RPC's record, catching up with what was peeked.

@@ -18,7 +18,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response};
-use infergate::backend::OpenAiFactory;
+use infergate::backend::{OpenAiFactory, SimulatedFactory};
 use infergate::config::{BackendKind, ModelConfig, OpenAiConfig, ServerConfig};
 use infergate::gateway::Gateway;
 use infergate::proto;
@@ -691,4 +691,37 @@ mod log {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_429_or_5xx_falls_back_and_a_400_does_not() {
+    let (upstream, _seen) = fake_openai().await;
+    let config = openai_config(format!("http://{upstream}/v1"));
+    let mut remote = ModelConfig::new("remote", BackendKind::Openai);
+    remote.fallbacks = vec!["local".into()];
+    let factory = OpenAiFactory::new("remote", &config, Some(KEY.to_string()));
+    remote.openai = Some(config);
+    let local = ModelConfig::new("local", BackendKind::Simulated);
+    let gateway = Gateway::builder()
+        .model(remote, Arc::new(factory))
+        .model(local, Arc::new(SimulatedFactory::new(Default::default())))
+        .build()
+        .expect("pool");
+    let server = TestServer::start_gateway(gateway, ServerConfig::default()).await;
+    let mut client = server.client().await;
+    for status in [429, 500, 503] {
+        let answer = client
+            .generate(request("remote", &format!("status {status}")))
+            .await
+            .expect("served by the fallback")
+            .into_inner();
+        assert_eq!(answer.model, "local", "HTTP {status}");
+        assert_eq!(answer.tried, vec!["remote".to_string()]);
+    }
+    let error = client
+        .generate(request("remote", "status 400"))
+        .await
+        .expect_err("a refused request is not passed on");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert_eq!(server.model_info("local").await.backend_calls, 3);
 }
