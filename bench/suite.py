@@ -33,6 +33,7 @@ import svg  # noqa: E402
 from common import (ROOT, Pinning, Servers, cpu_model, free_port, gateway_config, get, metric,  # noqa: E402
                     metrics_of, model, proc_cpu, proc_status, run_timed, wait_port)
 from s1 import Overhead  # noqa: E402
+from s7 import Cache  # noqa: E402
 
 
 class Suite:
@@ -360,6 +361,9 @@ of 1 on 2 cores).
 ![S6 CPU](results/s6-cpu.svg)
 """)
 
+    def s7_cache(self):
+        Cache(self).run()
+
     # -- output ------------------------------------------------------------
 
     def write(self, path, elapsed):
@@ -376,7 +380,7 @@ Written by `bench/run.sh`{' --smoke (a smoke run: short durations, not the figur
 on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit `{commit}`, in {elapsed:.0f} s.
 Machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; release builds; loopback only;
 load average {load:.1f} at the end of the run (other work on the machine shares its cores).
-S1: {self.pinning.describe()}; S2-S6: the load generator (`infergate bench`) runs on the same cores as the servers.
+S1: {self.pinning.describe()}; S2-S7: the load generator (`infergate bench`) runs on the same cores as the servers.
 
 {passed} of {len(self.rows)} checks pass.
 
@@ -415,7 +419,7 @@ def main():
     if args.pinned and not suite.pinning.enabled:
         sys.exit(f"--pinned needs 4 or more usable cores and taskset (cores: {len(suite.pinning.server_cpus)})")
     start = time.time()
-    scenarios = [suite.s1_overhead, suite.s2_overlap, suite.s3_saturation, suite.s4_queueing, suite.s5_scale, suite.s6_cpu]
+    scenarios = [suite.s1_overhead, suite.s2_overlap, suite.s3_saturation, suite.s4_queueing, suite.s5_scale, suite.s6_cpu, suite.s7_cache]
     if args.only:
         wanted = set(args.only.split(","))
         scenarios = [s for s in scenarios if s.__name__.split("_")[0] in wanted]

@@ -347,11 +347,28 @@ async fn the_dashboard_is_importable_and_queries_only_exported_metrics() {
     assert_eq!(variable("model")["type"], "query");
     assert_eq!(variable("model")["allValue"], ".*");
 
-    let server = TestServer::start_with_metrics(&simulated("m-dash", 200, 1, 1)).await;
+    // m-dash-cache has a response cache (its series exist from start-up);
+    // m-dash-primary (one worker, no queue) passes calls on to it.
+    let config = simulated("m-dash", 200, 1, 1)
+        + &simulated("m-dash-primary", 200, 1, 0).replace(
+            "queue_capacity = 0\n",
+            "queue_capacity = 0\nfallbacks = [\"m-dash-cache\"]\n",
+        )
+        + &simulated("m-dash-cache", 1, 1, 4)
+        + "[models.cache]\nmax_entries = 16\n";
+    let server = TestServer::start_with_metrics(&config).await;
     // Make the outcome-labelled series exist (a success, a rejection, a
-    // cancellation), then read every exported name.
+    // cancellation, a fallback), then read every exported name.
     let client = server.client().await;
     generate_text(&client, "m-dash", "x").await.expect("call");
+    let holder = spawn_generate(&client, "m-dash-primary", "holds the worker");
+    server
+        .wait_for("m-dash-primary", |m| m.busy_workers == 1)
+        .await;
+    generate_text(&client, "m-dash-primary", "passed on")
+        .await
+        .expect("served by the fallback");
+    holder.await.expect("task").expect("holder");
     generate_text(&client, "m-dash", "")
         .await
         .expect_err("rejected");

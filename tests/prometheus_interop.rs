@@ -139,11 +139,48 @@ fn dashboard_queries() -> Vec<(String, String)> {
     queries
 }
 
+/// A greedy (temperature 0, so cacheable) prompt request.
+fn greedy(model: &str, prompt: &str) -> proto::GenerateRequest {
+    proto::GenerateRequest {
+        temperature: Some(0.0),
+        ..request(model, prompt)
+    }
+}
+
 /// Traffic that gives every panel something to show: successes, streams,
-/// a full queue, deadlines, cancellations, unknown models.
+/// a full queue, deadlines, cancellations, unknown models, cache hits,
+/// misses and coalesced calls, fallbacks.
 async fn drive_traffic(server: &TestServer, rounds: usize) {
     let client = server.client().await;
     for round in 0..rounds {
+        // The cache: a hit (a miss the first time), and two identical calls
+        // at once (a miss and, most often, a coalesced call).
+        client
+            .clone()
+            .generate(greedy("interop-cache", "the same question"))
+            .await
+            .expect("cached model");
+        let (mut first, mut second) = (client.clone(), client.clone());
+        let together = format!("r{round} together");
+        let (a, b) = tokio::join!(
+            first.generate(greedy("interop-cache", &together)),
+            second.generate(greedy("interop-cache", &together)),
+        );
+        a.expect("first of two");
+        b.expect("second of two");
+        // A fallback: interop-primary's one worker is busy and it has no
+        // queue, so the call goes to interop-cache.
+        let holder = spawn_generate(&client, "interop-primary", "holds the worker");
+        server
+            .wait_for("interop-primary", |m| m.busy_workers == 1)
+            .await;
+        let answer = client
+            .clone()
+            .generate(greedy("interop-primary", "passed on"))
+            .await
+            .expect("served by the fallback")
+            .into_inner();
+        assert_eq!(answer.model, "interop-cache");
         let burst: Vec<_> = (0..6)
             .map(|i| spawn_generate(&client, "interop", &format!("r{round} c{i} words")))
             .collect();
@@ -172,6 +209,7 @@ async fn drive_traffic(server: &TestServer, rounds: usize) {
             // Some are refused: the queue holds 1 behind 4 workers.
             let _ = call.await.expect("task");
         }
+        holder.await.expect("task").expect("holder");
         leaver.abort();
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -203,7 +241,13 @@ async fn promtool_accepts_the_scrape_and_every_dashboard_query_returns_data() {
     let config = simulated("interop", 50, 4, 1)
         + &simulated("interop-slow", 2_000, 1, 4)
         + &simulated("interop-stream", 10, 2, 4)
-            .replace("latency_ms = 10", "latency_ms = 10\ntoken_latency_ms = 5");
+            .replace("latency_ms = 10", "latency_ms = 10\ntoken_latency_ms = 5")
+        + &simulated("interop-primary", 200, 1, 0).replace(
+            "queue_capacity = 0\n",
+            "queue_capacity = 0\nfallbacks = [\"interop-cache\"]\n",
+        )
+        + &simulated("interop-cache", 20, 2, 4)
+        + "[models.cache]\nmax_entries = 64\n";
     let server = TestServer::start_with_metrics(&config).await;
     let metrics_addr = server.metrics_addr.expect("metrics");
 
