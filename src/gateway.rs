@@ -381,11 +381,9 @@ impl Gateway {
                 });
             };
             return match result {
-                Ok(Lookup::Hit(entry)) => Ok(Outcome::from_cache(&entry)),
+                Ok(Lookup::Hit(entry)) => Ok(Outcome::shared(&entry, CacheState::Hit)),
                 Ok(Lookup::Miss(entry)) => Ok(entry.as_ref().clone().cached(CacheState::Miss)),
-                Ok(Lookup::Coalesced(entry)) => {
-                    Ok(entry.as_ref().clone().cached(CacheState::Coalesced))
-                }
+                Ok(Lookup::Coalesced(entry)) => Ok(Outcome::shared(&entry, CacheState::Coalesced)),
                 // The shared call ended on another call's deadline (or its
                 // client left): this one has time left, so it tries again.
                 Err(Error::DeadlineExceeded { .. } | Error::Dropped { .. })
@@ -549,7 +547,8 @@ impl Gateway {
             } else if let Some(key) = cache.key(&request) {
                 if options.cache == Directive::Use {
                     if let Some(hit) = cache.get(&key).await {
-                        let outcome = Outcome::from_cache(&hit).received_at(options.received);
+                        let outcome =
+                            Outcome::shared(&hit, CacheState::Hit).received_at(options.received);
                         return Ok(Opened::Replay(outcome));
                     }
                     cache.missed();

@@ -67,12 +67,14 @@ pub struct Timing {
 }
 
 impl Outcome {
-    /// A cached answer as this call's: no queue, no backend time (the
-    /// handler stamps the total).
-    pub(crate) fn from_cache(cached: &Outcome) -> Self {
+    /// A shared answer as this call's (a hit, or an identical call's):
+    /// this call took no queue place and no backend time of its own, so
+    /// that summing calls' backend times counts each backend call once
+    /// (the handler stamps the total).
+    pub(crate) fn shared(cached: &Outcome, state: CacheState) -> Self {
         let mut outcome = cached.clone();
         outcome.timing = Timing::default();
-        outcome.route.cache = CacheState::Hit;
+        outcome.route.cache = state;
         outcome
     }
 
