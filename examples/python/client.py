@@ -1,5 +1,5 @@
 """A Python client for infergate, with stubs generated from proto/ by
-grpcio-tools at start-up (into examples/python/generated/).
+grpcio-tools at start-up (stubs.py, into examples/python/generated/).
 
     python3 -m venv .venv && .venv/bin/pip install -r examples/python/requirements.txt
     cargo run --release -- serve &
@@ -17,37 +17,10 @@ Commands:
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
-GENERATED = os.path.join(HERE, "generated")
-
-
-def load_stubs():
-    """Generates (if needed) and imports the infergate.v1 stubs."""
-    proto = os.path.join(ROOT, "proto", "infergate", "v1", "inference.proto")
-    target = os.path.join(GENERATED, "infergate", "v1", "inference_pb2_grpc.py")
-    if not os.path.exists(target) or os.path.getmtime(target) < os.path.getmtime(proto):
-        from grpc_tools import protoc
-
-        os.makedirs(GENERATED, exist_ok=True)
-        code = protoc.main([
-            "grpc_tools.protoc",
-            f"-I{os.path.join(ROOT, 'proto')}",
-            f"--python_out={GENERATED}",
-            f"--grpc_python_out={GENERATED}",
-            proto,
-        ])
-        if code != 0:
-            sys.exit(f"protoc failed with exit code {code}")
-    sys.path.insert(0, GENERATED)
-    from infergate.v1 import inference_pb2, inference_pb2_grpc
-
-    return inference_pb2, inference_pb2_grpc
-
+from stubs import load_stubs  # examples/python/stubs.py
 
 pb, pb_grpc = load_stubs()
 
