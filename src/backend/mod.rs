@@ -7,10 +7,15 @@
 //! worker, so backends with per-worker state (a child process, an HTTP
 //! connection) need no locks, and a worker whose backend panicked gets a new
 //! one.
+//!
+//! A backend whose calls are I/O waits (an HTTP upstream) can instead be an
+//! [`AsyncBackend`] ([`task`]): its calls run as tasks, not threads, under
+//! the same pool.
 
 pub mod openai;
 pub mod process;
 pub mod simulated;
+pub mod task;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -22,6 +27,7 @@ use crate::cancel::CancelSignal;
 pub use openai::OpenAiFactory;
 pub use process::ProcessFactory;
 pub use simulated::SimulatedFactory;
+pub use task::{AsyncBackend, AsyncContext, BackendFuture};
 
 /// One turn of a chat conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,6 +308,14 @@ pub trait BackendFactory: Send + Sync {
     /// NOT_SERVING. Must be cheap: it is read on every stats snapshot.
     fn is_up(&self) -> bool {
         true
+    }
+
+    /// The model's asynchronous backend, for a factory whose calls are I/O
+    /// waits: the pool then runs each call as a task (at most `workers` at
+    /// once) instead of on worker threads, and never calls
+    /// [`create`](Self::create). `None` (the default): worker threads.
+    fn asynchronous(&self) -> Option<std::sync::Arc<dyn AsyncBackend>> {
+        None
     }
 }
 
