@@ -35,6 +35,7 @@ from common import (ROOT, Pinning, Servers, cpu_model, free_port, gateway_config
                     metrics_of, model, proc_cpu, proc_status, run_timed, wait_port)
 from s1 import Overhead  # noqa: E402
 from s7 import Cache  # noqa: E402
+from s8 import Upstreams  # noqa: E402
 
 
 class Suite:
@@ -415,6 +416,9 @@ of 1 on 2 cores).
     def s7_cache(self):
         Cache(self).run()
 
+    def s8_upstreams(self):
+        Upstreams(self).run()
+
     # -- output ------------------------------------------------------------
 
     def write(self, path, elapsed):
@@ -470,7 +474,8 @@ def main():
     if args.pinned and not suite.pinning.enabled:
         sys.exit(f"--pinned needs 4 or more usable cores and taskset (cores: {len(suite.pinning.server_cpus)})")
     start = time.time()
-    scenarios = [suite.s1_overhead, suite.s2_overlap, suite.s3_saturation, suite.s4_queueing, suite.s5_scale, suite.s6_cpu, suite.s7_cache]
+    scenarios = [suite.s1_overhead, suite.s2_overlap, suite.s3_saturation, suite.s4_queueing, suite.s5_scale, suite.s6_cpu, suite.s7_cache,
+                 suite.s8_upstreams]
     if args.only:
         wanted = set(args.only.split(","))
         scenarios = [s for s in scenarios if s.__name__.split("_")[0] in wanted]

@@ -133,3 +133,33 @@ def spread(path, title, items, unit=""):
         body.append(f'<line x1="{lo:.1f}" y1="{y + 17}" x2="{hi:.1f}" y2="{y + 17}" stroke="black" stroke-width="2"/>')
         body.append(f'<text x="{max(hi, left + w) + 6:.1f}" y="{y + 17}">{median:,.1f} {html.escape(unit)}</text>')
     _svg(path, top + row * len(items) + 10, body, title)
+
+
+def columns(path, title, series, marks=()):
+    """Stacked columns over time, one per (t seconds, ok, failed), with
+    vertical lines at each (label, t seconds) of `marks`."""
+    top, left, bottom = 40, 60, 50
+    height = 300
+    plot_h = height - top - bottom
+    span = WIDTH - left - 30
+    peak = max((ok + bad for _, ok, bad in series), default=1) or 1
+    end = max((t for t, _, _ in series), default=0) + (series[1][0] - series[0][0] if len(series) > 1 else 1)
+    scale = span / (end or 1)
+    width = max(1.0, scale * (end / max(1, len(series))) - 1)
+    body = [f'<rect x="{left}" y="30" width="12" height="12" fill="{COLORS[0]}"/><text x="{left + 18}" y="41">OK</text>',
+            f'<rect x="{left + 60}" y="30" width="12" height="12" fill="{COLORS[3]}"/><text x="{left + 78}" y="41">failed</text>']
+    for t, ok, bad in series:
+        x = left + t * scale
+        h_ok, h_bad = plot_h * ok / peak, plot_h * bad / peak
+        body.append(f'<rect x="{x:.1f}" y="{top + plot_h - h_ok:.1f}" width="{width:.1f}" height="{h_ok:.1f}" fill="{COLORS[0]}"/>')
+        if bad:
+            body.append(f'<rect x="{x:.1f}" y="{top + plot_h - h_ok - h_bad:.1f}" width="{width:.1f}" height="{h_bad:.1f}" fill="{COLORS[3]}"/>')
+    for i, (label, t) in enumerate(marks):
+        x = left + t * scale
+        body.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" stroke="black" stroke-dasharray="4 3"/>')
+        body.append(f'<text x="{x + 4:.1f}" y="{top + 12 + 14 * i}" font-size="11">{html.escape(label)}</text>')
+    for k in range(6):
+        x = left + span * k / 5
+        body.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle" font-size="10">{end * k / 5:.1f} s</text>')
+    body.append(f'<text x="{left - 8}" y="{top + 10}" text-anchor="end" font-size="10">{peak}</text>')
+    _svg(path, height, body, title)
