@@ -176,7 +176,7 @@ impl OpenAiConfig {
     /// The upstreams with their names: `base_url` as one upstream, or the
     /// `upstreams` list.
     pub fn named_upstreams(&self) -> Vec<NamedUpstream> {
-        let listed = self.base_url.iter().map(|url| UpstreamConfig::new(url));
+        let listed = self.base_url.iter().map(UpstreamConfig::new);
         listed
             .chain(self.upstreams.iter().cloned())
             .map(|u| NamedUpstream {

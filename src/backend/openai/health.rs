@@ -48,6 +48,12 @@ impl Prober {
         (prober, guard)
     }
 
+    /// Whether the probe task was started.
+    #[cfg(test)]
+    pub(super) fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
     /// Starts the probe task of `shared` if it has not started and this
     /// thread is inside a tokio runtime. Cheap once started.
     pub(super) fn start(&self, shared: &Arc<Shared>) {

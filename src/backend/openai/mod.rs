@@ -177,11 +177,11 @@ fn endpoint(base_url: &str, path: &str) -> String {
 /// What the probe gets: `health_path` under the `/v1` base, or, when it
 /// starts with `/`, from the server's root.
 fn probe_url(base_url: &str, health_path: &str) -> String {
-    if health_path.starts_with('/') {
-        if let Ok(mut url) = url::Url::parse(base_url) {
-            url.set_path(health_path);
-            return url.into();
-        }
+    if health_path.starts_with('/')
+        && let Ok(mut url) = url::Url::parse(base_url)
+    {
+        url.set_path(health_path);
+        return url.into();
     }
     endpoint(base_url, health_path.trim_start_matches('/'))
 }
@@ -262,5 +262,31 @@ mod tests {
         assert_eq!(factory.backend.shared.upstream_model, "m");
         assert!(factory.is_up(), "up until a probe or a call says otherwise");
         assert!(factory.create(0).is_err());
+    }
+
+    #[test]
+    fn a_factory_made_outside_a_runtime_probes_from_its_first_use_inside_one() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let config = OpenAiConfig {
+            health_interval_ms: 100,
+            ..OpenAiConfig::new(format!("http://{closed}/v1"))
+        };
+        let factory = OpenAiFactory::new("lazy", &config, None);
+        assert!(!factory.backend.shared.prober.is_started());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            assert!(factory.asynchronous().is_some());
+            assert!(factory.backend.shared.prober.is_started());
+            let give_up = Instant::now() + Duration::from_secs(10);
+            while factory.is_up() {
+                assert!(Instant::now() < give_up, "the probe never ran");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
     }
 }
