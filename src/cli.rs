@@ -62,7 +62,11 @@ impl ServeArgs {
     /// The configuration these flags select, with their overrides applied.
     pub fn load(&self) -> Result<Config, ConfigError> {
         let mut config = match &self.config {
-            Some(path) => Config::from_file(path)?,
+            Some(path) => {
+                let config = Config::from_file(path)?;
+                config.check_environment(&path.display().to_string())?;
+                config
+            }
             None => Config::embedded_default()?,
         };
         if let Some(addr) = &self.listen {

@@ -117,7 +117,10 @@ pub enum Error {
     },
     /// No worker of the model has a backend up (e.g. its worker processes
     /// fail to start): refused at once rather than queued.
-    #[error("no worker is ready: {}; see the gateway log", clip(why))]
+    #[error(
+        "no worker is ready: {}; see the gateway log",
+        clip(why.trim_end_matches("; see the gateway log"))
+    )]
     ModelDown {
         /// The model.
         model: String,

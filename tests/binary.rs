@@ -59,6 +59,34 @@ fn a_bad_config_exits_78_naming_the_key() {
 }
 
 #[test]
+fn an_unset_api_key_variable_stops_serve_but_not_check_config() {
+    let path = write_config(
+        "unset-key",
+        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[[models]]\nname = \"a\"\nbackend = \"openai\"\n[models.openai]\napi_key_env = \"INFERGATE_SURELY_UNSET_VAR\"\n[[models.openai.upstreams]]\nurl = \"http://u:s3cr3t@127.0.0.1:9/v1\"\n",
+    );
+    let run = |args: &[&str]| {
+        Command::new(common::binary::bin())
+            .args(args)
+            .env_remove("INFERGATE_SURELY_UNSET_VAR")
+            .output()
+            .expect("run infergate")
+    };
+    // The file is valid wherever it is checked.
+    let checked = run(&["check-config", path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{stdout}");
+    assert!(stdout.contains("u:***@127.0.0.1:9"), "{stdout}");
+    assert!(!stdout.contains("s3cr3t"), "{stdout}");
+    // Serving needs the key.
+    let served = run(&["serve", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&served.stderr);
+    assert_eq!(served.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("models[0].openai.api_key_env"), "{stderr}");
+    assert!(stderr.contains("INFERGATE_SURELY_UNSET_VAR"), "{stderr}");
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
 fn check_config_prints_the_effective_config() {
     let path = write_config(
         "good",

@@ -80,25 +80,41 @@ fn table_at_line(text: &str, line: usize) -> Option<String> {
 }
 
 /// Finds the line of `models[i].field` in the text, counting `[[models]]`
-/// headers, so validation errors point at a line too.
+/// headers, so validation errors point at a line too. A key inside an
+/// array of tables, `models[i].openai.upstreams[j].field`, is looked for
+/// after the `j`-th `[[models.openai.upstreams]]` header of that model.
 pub(super) fn line_of_model_key(text: &str, key: &str) -> Option<usize> {
     let rest = key.strip_prefix("models[")?;
     let (index, field) = rest.split_once("].")?;
     let index: usize = index.parse().ok()?;
+    // `openai.upstreams[1].url` → header `[[models.openai.upstreams]]`, 1.
+    let nested = field.rsplit_once('.').and_then(|(table, _)| {
+        let (array, rest) = table.split_once('[')?;
+        let j: usize = rest.strip_suffix(']')?.parse().ok()?;
+        Some((format!("[[models.{array}]]"), j))
+    });
     let field = field.rsplit('.').next()?;
     let mut seen = None;
+    let mut entries = 0usize;
     for (n, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         if trimmed.starts_with("[[models]]") {
             seen = Some(seen.map_or(0, |s: usize| s + 1));
-        } else if seen == Some(index)
+            entries = 0;
+        } else if seen.is_some_and(|s| s > index) {
+            break;
+        } else if seen != Some(index) {
+            continue;
+        } else if let Some((header, _)) = &nested
+            && trimmed.starts_with(header.as_str())
+        {
+            entries += 1;
+        } else if nested.as_ref().is_none_or(|(_, j)| entries == j + 1)
             && trimmed
                 .split_once('=')
                 .is_some_and(|(k, _)| k.trim() == field)
         {
             return Some(n + 1);
-        } else if seen.is_some_and(|s| s > index) {
-            break;
         }
     }
     None

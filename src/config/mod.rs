@@ -7,6 +7,7 @@
 //! clear line instead of failing later under load.
 
 mod error;
+mod openai;
 mod redact;
 mod validate;
 
@@ -19,6 +20,13 @@ use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
 use error::{line_of_model_key, parse_error};
+pub use openai::{
+    DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_EJECT_AFTER, DEFAULT_EJECT_MS, DEFAULT_HEALTH_INTERVAL_MS,
+    DEFAULT_HEALTH_PATH, DEFAULT_READ_TIMEOUT_MS, DEFAULT_UPSTREAM_WEIGHT, MAX_EJECT_AFTER,
+    MAX_EJECT_MS, MAX_HEALTH_INTERVAL_MS, MAX_HEALTH_PATH_BYTES, MAX_HTTP_TIMEOUT_MS,
+    MAX_UPSTREAM_NAME_BYTES, MAX_UPSTREAM_WEIGHT, MAX_UPSTREAMS, MIN_HEALTH_INTERVAL_MS,
+    NamedUpstream, OpenAiConfig, UpstreamConfig,
+};
 pub use redact::{redact_url, url_secret};
 pub(crate) use validate::{validate_fallbacks, validate_model_name};
 
@@ -114,8 +122,6 @@ pub const MAX_MAX_TOKENS: u32 = 10_000_000;
 pub const MAX_SIMULATED_LATENCY_MS: u64 = 3600 * 1000;
 /// Most tokens a simulated model produces per call.
 pub const MAX_SIMULATED_OUTPUT_TOKENS: u32 = 1_000_000;
-/// Longest OpenAI connect or read timeout: one hour.
-pub const MAX_HTTP_TIMEOUT_MS: u64 = 3600 * 1000;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -399,16 +405,6 @@ pub const MAX_CANCEL_GRACE_MS: u64 = 60_000;
 pub const DEFAULT_START_TIMEOUT_MS: u64 = 30_000;
 /// Longest `start_timeout_ms`.
 pub const MAX_START_TIMEOUT_MS: u64 = 600_000;
-/// Default connect timeout of the OpenAI backend.
-pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
-/// Default longest silence while reading an OpenAI response.
-pub const DEFAULT_READ_TIMEOUT_MS: u64 = 60_000;
-/// Default time between two probes of an OpenAI-compatible upstream.
-pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 10_000;
-/// Shortest probe interval: a probe is one HTTP request to the upstream.
-pub const MIN_HEALTH_INTERVAL_MS: u64 = 100;
-/// Longest probe interval (one hour).
-pub const MAX_HEALTH_INTERVAL_MS: u64 = 3_600_000;
 
 /// The `[models.process]` table: how to start one worker process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -432,75 +428,11 @@ pub struct ProcessConfig {
     pub start_timeout_ms: u64,
 }
 
-/// The `[models.openai]` table: an OpenAI-compatible server.
-///
-/// `Debug` is written by hand: `base_url` may carry `user:password@`.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OpenAiConfig {
-    /// The server's base URL, with or without the trailing `/v1`, e.g.
-    /// `http://127.0.0.1:8000/v1` or `https://api.openai.com/v1`.
-    pub base_url: String,
-    /// The upstream model name; default: this model's `name`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// The environment variable holding the API key (never the key itself).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_key_env: Option<String>,
-    /// Time to connect to the server.
-    #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// Longest wait for the response (or, when streaming, for the next
-    /// piece of it); the call's deadline bounds the whole call as well.
-    #[serde(default = "default_read_timeout_ms")]
-    pub read_timeout_ms: u64,
-    /// Time between two probes (`GET {base_url}/models`) of the upstream;
-    /// the model is NOT_SERVING while the upstream cannot be reached.
-    #[serde(default = "default_health_interval_ms")]
-    pub health_interval_ms: u64,
-}
-
-impl OpenAiConfig {
-    /// An upstream at `base_url`, every other setting at its default.
-    pub fn new(base_url: impl Into<String>) -> Self {
-        OpenAiConfig {
-            base_url: base_url.into(),
-            model: None,
-            api_key_env: None,
-            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
-            read_timeout_ms: DEFAULT_READ_TIMEOUT_MS,
-            health_interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
-        }
-    }
-}
-
-impl std::fmt::Debug for OpenAiConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiConfig")
-            .field("base_url", &redact_url(&self.base_url))
-            .field("model", &self.model)
-            .field("api_key_env", &self.api_key_env)
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
-            .field("read_timeout_ms", &self.read_timeout_ms)
-            .field("health_interval_ms", &self.health_interval_ms)
-            .finish()
-    }
-}
-
 fn default_cancel_grace_ms() -> u64 {
     DEFAULT_CANCEL_GRACE_MS
 }
 fn default_start_timeout_ms() -> u64 {
     DEFAULT_START_TIMEOUT_MS
-}
-fn default_connect_timeout_ms() -> u64 {
-    DEFAULT_CONNECT_TIMEOUT_MS
-}
-fn default_read_timeout_ms() -> u64 {
-    DEFAULT_READ_TIMEOUT_MS
-}
-fn default_health_interval_ms() -> u64 {
-    DEFAULT_HEALTH_INTERVAL_MS
 }
 
 fn default_listen() -> SocketAddr {
@@ -608,9 +540,29 @@ impl Config {
     pub fn redacted(&self) -> Config {
         let mut config = self.clone();
         for openai in config.models.iter_mut().filter_map(|m| m.openai.as_mut()) {
-            openai.base_url = redact_url(&openai.base_url).into_owned();
+            *openai = openai.redacted();
         }
         config
+    }
+
+    /// Checks what serving needs from the machine and a file cannot show:
+    /// the environment variables named by `api_key_env` are set. `serve`
+    /// calls it; `check-config` does not, so that its answer is the same on
+    /// any machine.
+    pub fn check_environment(&self, source: &str) -> Result<(), ConfigError> {
+        for (i, model) in self.models.iter().enumerate() {
+            if let Some(openai) = &model.openai {
+                openai
+                    .check_environment()
+                    .map_err(|(key, message)| ConfigError {
+                        source: source.to_string(),
+                        line: None,
+                        key: Some(format!("models[{i}].{key}")),
+                        message,
+                    })?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -700,9 +652,14 @@ mod tests {
             "[[models]]\nname = \"a\"\nbackend = \"simulated\"\n[models.process]\ncommand = [\"x\"]\n",
         );
         assert_eq!(e.key.as_deref(), Some("models[0].process"));
-        let e = error(
+        // An unset variable is the machine's business, not the file's:
+        // `serve` refuses it, `check-config` does not look.
+        let unset = Config::from_toml(
             "[[models]]\nname = \"a\"\nbackend = \"openai\"\n[models.openai]\nbase_url = \"http://h/v1\"\napi_key_env = \"INFERGATE_SURELY_UNSET_VAR\"\n",
-        );
+            "t",
+        )
+        .expect("the file is valid");
+        let e = unset.check_environment("t").expect_err("unset");
         assert_eq!(e.key.as_deref(), Some("models[0].openai.api_key_env"));
         assert!(e.message.contains("INFERGATE_SURELY_UNSET_VAR"));
         let ok = "[[models]]\nname = \"a\"\nbackend = \"openai\"\n[models.openai]\nbase_url = \"http://127.0.0.1:8000/v1\"\napi_key_env = \"PATH\"\n";

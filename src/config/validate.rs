@@ -8,11 +8,11 @@ use std::fmt::Display;
 use crate::config::{
     BackendKind, Config, MAX_BATCH_ITEMS, MAX_CACHE_BYTES, MAX_CACHE_ENTRIES,
     MAX_CACHE_TTL_SECONDS, MAX_CANCEL_GRACE_MS, MAX_CONCURRENT_STREAMS,
-    MAX_CONNECTION_TIMEOUT_SECONDS, MAX_CONNECTIONS, MAX_FALLBACKS, MAX_HEALTH_INTERVAL_MS,
-    MAX_HTTP_TIMEOUT_MS, MAX_MAX_TOKENS, MAX_MESSAGE_BYTES, MAX_METRICS_CONNECTIONS,
-    MAX_METRICS_TIMEOUT_MS, MAX_QUEUE_CAPACITY, MAX_SHUTDOWN_GRACE_SECONDS,
-    MAX_SIMULATED_LATENCY_MS, MAX_SIMULATED_OUTPUT_TOKENS, MAX_START_TIMEOUT_MS, MAX_TIMEOUT_MS,
-    MAX_WORKERS, MIN_HEALTH_INTERVAL_MS, MIN_MESSAGE_BYTES, ModelConfig, ServerConfig, redact_url,
+    MAX_CONNECTION_TIMEOUT_SECONDS, MAX_CONNECTIONS, MAX_FALLBACKS, MAX_MAX_TOKENS,
+    MAX_MESSAGE_BYTES, MAX_METRICS_CONNECTIONS, MAX_METRICS_TIMEOUT_MS, MAX_QUEUE_CAPACITY,
+    MAX_SHUTDOWN_GRACE_SECONDS, MAX_SIMULATED_LATENCY_MS, MAX_SIMULATED_OUTPUT_TOKENS,
+    MAX_START_TIMEOUT_MS, MAX_TIMEOUT_MS, MAX_WORKERS, MIN_MESSAGE_BYTES, ModelConfig,
+    ServerConfig,
 };
 
 /// Checks that `value` of `key` lies in `min..=max`, saying so otherwise.
@@ -98,7 +98,7 @@ impl Config {
             )
             .map_err(|(k, m)| (k, format!("{m} (it may not exceed max_timeout_ms)")))?;
             in_range(&key("max_tokens"), model.max_tokens, 1, MAX_MAX_TOKENS)?;
-            validate_backend_section(model).map_err(|(field, m)| (key(field), m))?;
+            validate_backend_section(model).map_err(|(field, m)| (key(&field), m))?;
             validate_cache(model).map_err(|(field, m)| (key(field), m))?;
         }
         validate_fallbacks(&self.models)
@@ -265,7 +265,7 @@ fn validate_connection_limits(server: &ServerConfig) -> Result<(), (String, Stri
 }
 
 /// Checks that a model has the settings table of its backend, and no other.
-fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, String)> {
+fn validate_backend_section(model: &ModelConfig) -> Result<(), (String, String)> {
     let sections = [
         (
             BackendKind::Simulated,
@@ -278,7 +278,7 @@ fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, St
     for (kind, table, present) in sections {
         if present && kind != model.backend {
             return Err((
-                table,
+                table.into(),
                 format!(
                     "is set but backend is \"{}\", not \"{}\"",
                     model.backend.as_str(),
@@ -287,9 +287,7 @@ fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, St
             ));
         }
     }
-    let within = |key: &'static str, value: u64, min: u64, max: u64| {
-        in_range(key, value, min, max).map_err(|(_, m)| (key, m))
-    };
+    let within = |key: &str, value: u64, min: u64, max: u64| in_range(key, value, min, max);
     match model.backend {
         BackendKind::Simulated => {
             if let Some(simulated) = &model.simulated {
@@ -310,7 +308,7 @@ fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, St
         BackendKind::Process => {
             let Some(process) = &model.process else {
                 return Err((
-                    "process",
+                    "process".into(),
                     "backend \"process\" needs a [models.process] table with `command`".into(),
                 ));
             };
@@ -320,7 +318,7 @@ fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, St
                 .is_none_or(|program| program.is_empty())
             {
                 return Err((
-                    "process.command",
+                    "process.command".into(),
                     "must name a program, e.g. [\"python3\", \"worker.py\"]".into(),
                 ));
             }
@@ -332,48 +330,11 @@ fn validate_backend_section(model: &ModelConfig) -> Result<(), (&'static str, St
         BackendKind::Openai => {
             let Some(openai) = &model.openai else {
                 return Err((
-                    "openai",
-                    "backend \"openai\" needs a [models.openai] table with `base_url`".into(),
+                    "openai".into(),
+                    "backend \"openai\" needs a [models.openai] table with `base_url` or [[models.openai.upstreams]]".into(),
                 ));
             };
-            if !(openai.base_url.starts_with("http://") || openai.base_url.starts_with("https://"))
-            {
-                return Err((
-                    "openai.base_url",
-                    format!(
-                        "\"{}\" is not an http:// or https:// URL",
-                        redact_url(&openai.base_url)
-                    ),
-                ));
-            }
-            if let Some(var) = &openai.api_key_env {
-                if var.is_empty() {
-                    return Err((
-                        "openai.api_key_env",
-                        "must name an environment variable".into(),
-                    ));
-                }
-                if std::env::var_os(var).is_none() {
-                    return Err((
-                        "openai.api_key_env",
-                        format!("the environment variable {var} is not set"),
-                    ));
-                }
-            }
-            let max = MAX_HTTP_TIMEOUT_MS;
-            within(
-                "openai.connect_timeout_ms",
-                openai.connect_timeout_ms,
-                1,
-                max,
-            )?;
-            within("openai.read_timeout_ms", openai.read_timeout_ms, 1, max)?;
-            within(
-                "openai.health_interval_ms",
-                openai.health_interval_ms,
-                MIN_HEALTH_INTERVAL_MS,
-                MAX_HEALTH_INTERVAL_MS,
-            )?;
+            openai.validate()?;
         }
     }
     Ok(())

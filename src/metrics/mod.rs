@@ -19,6 +19,7 @@
 pub mod http;
 pub mod live;
 mod model;
+pub mod upstream;
 
 use std::sync::OnceLock;
 
@@ -81,6 +82,13 @@ pub const CACHE_COALESCED_TOTAL: &str = "infergate_cache_coalesced_total";
 pub const CACHE_ENTRIES: &str = "infergate_cache_entries";
 /// Bytes held in a model's response cache.
 pub const CACHE_BYTES: &str = "infergate_cache_bytes";
+/// Requests to an OpenAI backend's upstreams, by model, upstream and code
+/// (the HTTP status, or how the request failed).
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "infergate_upstream_requests_total";
+/// 1 while an upstream takes calls (not ejected, passing its probe).
+pub const UPSTREAM_UP: &str = "infergate_upstream_up";
+/// Requests in flight to an upstream.
+pub const UPSTREAM_INFLIGHT: &str = "infergate_upstream_inflight";
 /// Always 1, labelled with the version.
 pub const BUILD_INFO: &str = "infergate_build_info";
 
@@ -240,6 +248,20 @@ fn describe() {
         CACHE_BYTES,
         Unit::Bytes,
         "Bytes of keys and text held in the model's response cache (bytes)."
+    );
+    describe_counter!(
+        UPSTREAM_REQUESTS_TOTAL,
+        Unit::Count,
+        "Requests to an OpenAI backend's upstreams, by model, upstream and code: the HTTP status, or connect_error, timeout, cancelled, transport_error, malformed, error_event (requests)."
+    );
+    describe_gauge!(
+        UPSTREAM_UP,
+        "1 while an upstream takes calls: not ejected after failures and passing its probe; 0 otherwise (state)."
+    );
+    describe_gauge!(
+        UPSTREAM_INFLIGHT,
+        Unit::Count,
+        "Requests in flight to an upstream, retries included (requests)."
     );
     describe_gauge!(
         BUILD_INFO,

@@ -8,6 +8,11 @@
 //! ahead of it cannot meet, at the model's recent backend times, is refused
 //! at once as well, rather than left to expire in the queue.
 //!
+//! A model whose backend is asynchronous ([`crate::backend::AsyncBackend`])
+//! has no worker threads: each admitted call is a task that waits for one
+//! of `workers` run permits and then runs the backend's future ([`task`]),
+//! under the same admission, deadlines, cancellation and metrics.
+//!
 //! A handler [`WorkerPool::submit`]s a job and awaits the reply on a oneshot
 //! (or an mpsc for streams); waiting costs the caller a few hundred bytes of
 //! memory, not a thread. The [`Ticket`] it gets back is a drop guard: if the
@@ -19,6 +24,7 @@ mod estimate;
 pub(crate) mod job;
 mod queue;
 mod running;
+mod task;
 mod worker;
 
 use std::io;
@@ -39,6 +45,7 @@ use estimate::BackendEstimate;
 pub(crate) use job::{Job, Reply};
 use queue::JobQueue;
 use running::Running;
+use task::{TaskHandle, TaskJob, Tasks};
 
 /// A model's pool of worker threads and the queue in front of it.
 pub(crate) struct WorkerPool {
@@ -79,6 +86,9 @@ pub(crate) struct Shared {
     pub(crate) aborted: AtomicBool,
     /// The model's metric handles.
     pub(crate) metrics: Arc<ModelMetrics>,
+    /// For an asynchronous backend: its calls run as tasks, and there are
+    /// no worker threads.
+    pub(crate) tasks: Option<Tasks>,
 }
 
 impl WorkerPool {
@@ -91,6 +101,9 @@ impl WorkerPool {
         factory: Arc<dyn BackendFactory>,
     ) -> io::Result<WorkerPool> {
         let permits = workers.saturating_add(queue_capacity);
+        let tasks = factory
+            .asynchronous()
+            .map(|backend| Tasks::new(backend, workers));
         let shared = Arc::new(Shared {
             model: model.to_string(),
             queue: JobQueue::new(),
@@ -102,13 +115,21 @@ impl WorkerPool {
             running: Running::new(workers),
             calls: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
-            ready: AtomicUsize::new(0),
             down: AtomicUsize::new(0),
             start_error: Mutex::new(None),
             closing: CancelSignal::new(),
             aborted: AtomicBool::new(false),
             metrics: Arc::new(ModelMetrics::new(model)),
+            // A task pool's backend is shared and always there.
+            ready: AtomicUsize::new(if tasks.is_some() { workers } else { 0 }),
+            tasks,
         });
+        if shared.tasks.is_some() {
+            return Ok(WorkerPool {
+                shared,
+                threads: Vec::new(),
+            });
+        }
         let mut threads = Vec::with_capacity(workers);
         for index in 0..workers {
             let worker_shared = shared.clone();
@@ -151,9 +172,7 @@ impl WorkerPool {
         if shared.down.load(Ordering::Acquire) >= shared.workers {
             return Err(shared.down_error());
         }
-        if let Some(wait) = shared
-            .estimate
-            .least_wait(shared.queue.len(), shared.workers)
+        if let Some(wait) = shared.estimate.least_wait(shared.queued(), shared.workers)
             && wait >= deadline.remaining()
         {
             return Err(Error::DeadlineExceeded {
@@ -173,6 +192,24 @@ impl WorkerPool {
             }
             Err(TryAcquireError::Closed) => return Err(Error::ShuttingDown),
         };
+        if let Some(tasks) = &shared.tasks {
+            let job = TaskJob {
+                params,
+                deadline,
+                received,
+                admitted: Instant::now(),
+                reply,
+                span: tracing::Span::current(),
+                permit,
+            };
+            let task = task::spawn(shared, tasks, job);
+            return Ok(Ticket {
+                handle: Handle::Task(task),
+                _inflight: InflightGuard::new(shared),
+                shared: shared.clone(),
+                settled: false,
+            });
+        }
         let cancel = CancelSignal::new();
         let job = Job {
             params,
@@ -195,10 +232,9 @@ impl WorkerPool {
             return Err(shared.down_error());
         }
         Ok(Ticket {
-            id,
+            handle: Handle::Thread { id, cancel },
             _inflight: InflightGuard::new(shared),
             shared: shared.clone(),
-            cancel,
             settled: false,
         })
     }
@@ -209,7 +245,7 @@ impl WorkerPool {
             workers: self.shared.workers,
             queue_capacity: self.shared.queue_capacity,
             busy: self.shared.running.busy(),
-            queued: self.shared.queue.len(),
+            queued: self.shared.queued(),
             backend_calls: self.shared.calls.load(Ordering::Relaxed),
             inflight: self.shared.inflight.load(Ordering::Relaxed),
             busy_seconds: self.shared.running.busy_seconds(),
@@ -233,7 +269,8 @@ impl WorkerPool {
     /// Worker threads that have not ended yet (after `close`, each ends once
     /// the queue is empty and its call, if any, is over).
     pub(crate) fn threads_alive(&self) -> usize {
-        self.threads.iter().filter(|t| !t.is_finished()).count()
+        let tasks = self.shared.tasks.as_ref().map_or(0, Tasks::alive);
+        tasks + self.threads.iter().filter(|t| !t.is_finished()).count()
     }
 
     /// Ends every call now: queued ones get UNAVAILABLE, running ones are
@@ -242,6 +279,9 @@ impl WorkerPool {
     pub(crate) fn abort(&self) -> (usize, usize) {
         self.shared.aborted.store(true, Ordering::Release);
         self.close();
+        if let Some(tasks) = &self.shared.tasks {
+            return tasks.abort(self.shared.running.busy());
+        }
         let queued = self.shared.queue.drain();
         let cut_queued = queued.len();
         for job in queued {
@@ -261,6 +301,14 @@ impl Drop for WorkerPool {
 }
 
 impl Shared {
+    /// Calls waiting for a worker (or, for tasks, for a run permit).
+    pub(crate) fn queued(&self) -> usize {
+        match &self.tasks {
+            Some(tasks) => tasks.waiting(),
+            None => self.queue.len(),
+        }
+    }
+
     /// Records why a backend could not start, for the calls refused while
     /// the model is down.
     pub(crate) fn set_start_error(&self, message: String) {
@@ -288,13 +336,20 @@ impl Shared {
 /// A handler's hold on an admitted call. Dropping it before the result
 /// arrived cancels the call.
 pub(crate) struct Ticket {
-    id: u64,
+    handle: Handle,
     /// Counts the call in `inflight` for as long as the ticket lives.
     _inflight: InflightGuard,
     shared: Arc<Shared>,
-    cancel: CancelSignal,
     /// The result arrived: there is nothing left to cancel.
     settled: bool,
+}
+
+/// How a ticket reaches its call.
+enum Handle {
+    /// A job in the queue of worker threads, by id, and its cancel signal.
+    Thread { id: u64, cancel: CancelSignal },
+    /// A task's cancellation.
+    Task(TaskHandle),
 }
 
 impl Ticket {
@@ -311,11 +366,16 @@ impl Ticket {
             return None;
         }
         self.settled = true;
-        if self.shared.queue.remove(self.id).is_some() {
-            Some(Stage::Queued)
-        } else {
-            self.cancel.cancel();
-            Some(Stage::Running)
+        match &self.handle {
+            Handle::Task(task) => Some(task.cancel()),
+            Handle::Thread { id, cancel } => {
+                if self.shared.queue.remove(*id).is_some() {
+                    Some(Stage::Queued)
+                } else {
+                    cancel.cancel();
+                    Some(Stage::Running)
+                }
+            }
         }
     }
 }

@@ -21,8 +21,9 @@ pub(crate) struct Running {
 
 struct State {
     /// Per worker: when its call started, and the call's cancel signal (so a
-    /// shutdown whose grace ran out can stop it).
-    slots: Vec<Option<(Instant, CancelSignal)>>,
+    /// shutdown whose grace ran out can stop it; a task pool stops its
+    /// tasks itself).
+    slots: Vec<Option<(Instant, Option<CancelSignal>)>>,
     /// Time of the calls that have finished.
     finished: Duration,
 }
@@ -44,10 +45,10 @@ impl Running {
     }
 
     /// Worker `index` starts a call; returns when.
-    pub(crate) fn begin(&self, index: usize, cancel: &CancelSignal) -> Instant {
+    pub(crate) fn begin(&self, index: usize, cancel: Option<&CancelSignal>) -> Instant {
         let now = Instant::now();
         if let Some(slot) = self.lock().slots.get_mut(index) {
-            *slot = Some((now, cancel.clone()));
+            *slot = Some((now, cancel.cloned()));
         }
         self.busy.fetch_add(1, Ordering::Relaxed);
         now
@@ -90,7 +91,9 @@ impl Running {
         let state = self.lock();
         let mut count = 0;
         for (_, cancel) in state.slots.iter().flatten() {
-            cancel.cancel();
+            if let Some(cancel) = cancel {
+                cancel.cancel();
+            }
             count += 1;
         }
         count
@@ -105,8 +108,8 @@ mod tests {
     fn busy_seconds_count_running_calls_and_never_decrease() {
         let running = Running::new(2);
         let a = CancelSignal::new();
-        running.begin(0, &a);
-        running.begin(1, &CancelSignal::new());
+        running.begin(0, Some(&a));
+        running.begin(1, Some(&CancelSignal::new()));
         assert_eq!(running.busy(), 2);
         let mut last = 0.0;
         for _ in 0..100 {

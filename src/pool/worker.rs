@@ -188,7 +188,7 @@ fn run_job(index: usize, shared: &Shared, slot: &mut Slot, job: Job) {
     shared.calls.fetch_add(1, Ordering::Relaxed);
     let queue_wait = picked - admitted;
     shared.metrics.queue_wait(queue_wait);
-    shared.running.begin(index, &cancel);
+    shared.running.begin(index, Some(&cancel));
     // Generate collects the text; GenerateStream forwards each piece.
     let mut collected = Collect(String::new());
     let mut forward;
@@ -297,7 +297,7 @@ fn call(
     (ended, ctx.first_token_at())
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

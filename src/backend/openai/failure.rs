@@ -3,9 +3,9 @@
 //! The client gets the gRPC code and a short, fixed message (the HTTP
 //! status, what failed); the gateway wraps it with the model's name. The
 //! upstream's own words (response bodies, error events, the HTTP client's
-//! error, which may quote the URL) go to the log at warn, on the worker
-//! thread inside the call's span, so the line carries the request id. The
-//! API key and any password in `base_url` are scrubbed from what is logged.
+//! error, which may quote the URL) go to the log at warn, inside the call's
+//! span, so the line carries the request id. The API key and any password
+//! in an upstream's URL are scrubbed from what is logged.
 //!
 //! | upstream | client |
 //! |---|---|
@@ -13,8 +13,10 @@
 //! | 408, timeouts | DEADLINE_EXCEEDED |
 //! | 429 | RESOURCE_EXHAUSTED |
 //! | other 4xx (400, 413, 422, …) | INVALID_ARGUMENT: the upstream refused this request's content |
-//! | 5xx, connection failures, malformed answers | UNAVAILABLE |
+//! | 5xx, connection failures, malformed answers, no upstream up | UNAVAILABLE |
 
+use super::Target;
+use super::http::Failure;
 use crate::backend::{BackendError, BackendErrorKind};
 
 /// Most characters of an upstream text quoted in a log line.
@@ -49,7 +51,7 @@ impl Secrets {
 }
 
 /// The client's error for an HTTP status other than 200; logs the body.
-pub(super) fn refused(status: u16, body: &str, upstream: &str, secrets: &Secrets) -> BackendError {
+pub(super) fn refused(status: u16, body: &str, target: &Target) -> BackendError {
     let (kind, what) = match status {
         401 | 403 | 407 => (
             BackendErrorKind::Unavailable,
@@ -68,9 +70,10 @@ pub(super) fn refused(status: u16, body: &str, upstream: &str, secrets: &Secrets
         _ => (BackendErrorKind::Unavailable, "failed"),
     };
     tracing::warn!(
-        upstream,
+        upstream = %target.name,
+        url = %target.shown,
         status,
-        body = %secrets.scrub(body),
+        body = %target.secrets.scrub(body),
         "the upstream answered an error"
     );
     BackendError::new(
@@ -79,38 +82,19 @@ pub(super) fn refused(status: u16, body: &str, upstream: &str, secrets: &Secrets
     )
 }
 
-/// Whether a transport error means the upstream cannot be reached at all
-/// (which marks it down), rather than a failure of one exchange.
-pub(super) fn is_connect_failure(error: &ureq::Error) -> bool {
-    use std::io::ErrorKind;
-    match error {
-        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
-        ureq::Error::Timeout(which) => {
-            matches!(which, ureq::Timeout::Connect | ureq::Timeout::Resolve)
-        }
-        ureq::Error::Io(e) => matches!(
-            e.kind(),
-            ErrorKind::ConnectionRefused | ErrorKind::NotConnected | ErrorKind::AddrNotAvailable
-        ),
-        _ => false,
-    }
-}
-
-/// The client's error for a failure in transit; logs the HTTP client's
-/// error (scrubbed: it may quote the URL).
-pub(super) fn transport(error: &ureq::Error, upstream: &str, secrets: &Secrets) -> BackendError {
+/// The client's error for a request that failed in transit; logs the HTTP
+/// client's error (scrubbed: it may quote the URL).
+pub(super) fn transport(failure: Failure, error: &str, target: &Target) -> BackendError {
     tracing::warn!(
-        upstream,
-        error = %secrets.scrub(&error.to_string()),
+        upstream = %target.name,
+        url = %target.shown,
+        error = %target.secrets.scrub(error),
         "the request to the upstream failed"
     );
-    let (kind, what) = match error {
-        ureq::Error::Timeout(_) => (BackendErrorKind::DeadlineExceeded, "did not answer in time"),
-        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-            (BackendErrorKind::DeadlineExceeded, "did not answer in time")
-        }
-        e if is_connect_failure(e) => (BackendErrorKind::Unavailable, "cannot be reached"),
-        _ => (BackendErrorKind::Unavailable, "failed mid-exchange"),
+    let (kind, what) = match failure {
+        Failure::Timeout => (BackendErrorKind::DeadlineExceeded, "did not answer in time"),
+        Failure::Connect => (BackendErrorKind::Unavailable, "cannot be reached"),
+        Failure::Transport => (BackendErrorKind::Unavailable, "failed mid-exchange"),
     };
     BackendError::new(
         kind,
@@ -118,18 +102,31 @@ pub(super) fn transport(error: &ureq::Error, upstream: &str, secrets: &Secrets) 
     )
 }
 
-/// The client's error for an answer that is not the OpenAI format; logs the
-/// parse error and the start of the answer.
-pub(super) fn malformed(
-    error: &serde_json::Error,
-    text: &str,
-    upstream: &str,
-    secrets: &Secrets,
-) -> BackendError {
+/// The client's error when no upstream takes calls (all ejected or failing
+/// their probe): at once, so that a fallback can take the call.
+pub(super) fn none_up() -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Unavailable,
+        "no upstream is up (each is failing its probe or ejected after failures)",
+    )
+}
+
+/// The client's error when the call's deadline passed during the exchange.
+pub(super) fn too_late() -> BackendError {
+    BackendError::new(
+        BackendErrorKind::DeadlineExceeded,
+        "the upstream server did not answer before the deadline",
+    )
+}
+
+/// The client's error for an answer that is not the OpenAI format (or
+/// too large); logs why and the start of the answer.
+pub(super) fn malformed(why: &dyn std::fmt::Display, text: &str, target: &Target) -> BackendError {
     tracing::warn!(
-        upstream,
-        %error,
-        answer = %secrets.scrub(text),
+        upstream = %target.name,
+        url = %target.shown,
+        why = %target.secrets.scrub(&why.to_string()),
+        answer = %target.secrets.scrub(text),
         "the upstream answer is not the OpenAI format"
     );
     BackendError::new(
@@ -140,23 +137,16 @@ pub(super) fn malformed(
 
 /// The client's error for an `error` event in the middle of a stream; logs
 /// the event.
-pub(super) fn error_event(event: &str, upstream: &str, secrets: &Secrets) -> BackendError {
-    tracing::warn!(upstream, event = %secrets.scrub(event), "the upstream reported an error mid-stream");
-    BackendError::new(
-        BackendErrorKind::Unavailable,
-        "the upstream server reported an error mid-stream; details are in the server log",
-    )
-}
-
-/// The client's error when the helper thread ended without an answer.
-pub(super) fn helper_gone(upstream: &str) -> BackendError {
+pub(super) fn error_event(event: &str, target: &Target) -> BackendError {
     tracing::warn!(
-        upstream,
-        "the upstream request thread ended without an answer"
+        upstream = %target.name,
+        url = %target.shown,
+        event = %target.secrets.scrub(event),
+        "the upstream reported an error mid-stream"
     );
     BackendError::new(
         BackendErrorKind::Unavailable,
-        "the request to the upstream server failed; details are in the server log",
+        "the upstream server reported an error mid-stream; details are in the server log",
     )
 }
 
@@ -166,8 +156,14 @@ mod tests {
 
     #[test]
     fn statuses_map_to_codes_without_the_body() {
-        let secrets = Secrets::new(Some("sk-secret"), "http://u:pw@h/v1");
-        let error = |status| refused(status, "Incorrect API key sk-secret", "h", &secrets);
+        let target = Target {
+            name: "h:80".into(),
+            chat: "http://u:pw@h/v1/chat/completions".into(),
+            probe: "http://u:pw@h/v1/models".into(),
+            shown: "http://u:***@h/v1/chat/completions".into(),
+            secrets: Secrets::new(Some("sk-secret"), "http://u:pw@h/v1"),
+        };
+        let error = |status| refused(status, "Incorrect API key sk-secret", &target);
         let code = |status| error(status).kind.code();
         assert_eq!(code(429), tonic::Code::ResourceExhausted);
         assert_eq!(code(401), tonic::Code::Unavailable);

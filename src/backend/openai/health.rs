@@ -1,185 +1,148 @@
-//! Whether an OpenAI-compatible upstream is up: set down by a call that
-//! cannot connect, up by a call that got an answer, and both ways by a
-//! periodic probe (`GET {base}/models`) on a background thread, so that a
-//! model whose upstream is down turns NOT_SERVING even when no call comes.
+//! Active health: a task per model that probes each upstream
+//! (`GET {url}/{health_path}`) at once and then every
+//! `health_interval_ms`, so that an upstream that is down takes no calls,
+//! and a model whose upstreams are all down turns NOT_SERVING, even when no
+//! call comes.
 //!
-//! The probe counts any answer below 500 as up (a 401 or a 404 still shows
-//! a server that is there; the calls' errors say what is wrong), and a 5xx,
-//! a timeout or a connect failure as down. The thread holds no reference to
-//! the factory: it waits on a channel whose sender the factory owns, so
-//! dropping the factory wakes it and it ends (after the probe in flight, if
-//! any, which is bounded by [`PROBE_TIMEOUT_MAX`]).
+//! A probe counts any answer below 500 as up (a 401 or a 404 still shows a
+//! server that is there; the calls' errors say what is wrong), and a 5xx,
+//! a timeout or a connect failure as down. The upstreams of a model are
+//! probed together, each probe bounded by the interval (1 to 5 s).
+//!
+//! The task is started on the runtime the gateway runs on, which may not
+//! exist yet when the factory is made (an embedder may build a gateway
+//! before its runtime): [`Prober::start`] is called from every entry point
+//! (the factory's construction, `asynchronous()`, `is_up()`, each call) and
+//! starts the task the first time one of them runs inside a runtime. The
+//! task holds the model's state weakly, and ends when the factory is
+//! dropped (its [`StopProbing`] guard).
 
-use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use super::failure::Secrets;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-/// Longest a probe may take (and at least as long as the interval, up to
-/// this, so that a slow but healthy upstream is not marked down).
-const PROBE_TIMEOUT_MAX: Duration = Duration::from_secs(5);
-const PROBE_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+use super::Shared;
 
-/// The upstream's state, shared by the factory, its backends and the probe.
-pub(super) struct UpstreamHealth {
-    up: AtomicBool,
-    /// The gateway's model name, for the log.
-    model: String,
-    /// The upstream, redacted, for the log.
-    upstream: String,
-}
-
-impl UpstreamHealth {
-    /// Starts up: a model is SERVING until something shows otherwise.
-    pub(super) fn new(model: &str, upstream: &str) -> Self {
-        UpstreamHealth {
-            up: AtomicBool::new(true),
-            model: model.to_string(),
-            upstream: upstream.to_string(),
-        }
-    }
-
-    pub(super) fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
-    }
-
-    /// Records that the upstream answered.
-    pub(super) fn answered(&self) {
-        if !self.up.swap(true, Ordering::AcqRel) {
-            tracing::info!(model = %self.model, upstream = %self.upstream, "the upstream is up again");
-        }
-    }
-
-    /// Records that the upstream cannot be reached, and why (already
-    /// scrubbed).
-    pub(super) fn unreachable(&self, why: &str) {
-        if self.up.swap(false, Ordering::AcqRel) {
-            tracing::warn!(model = %self.model, upstream = %self.upstream, why, "the upstream is down");
-        }
-    }
-}
-
-/// What the probe needs; it shares nothing with the factory but the health.
-pub(super) struct ProbeTarget {
-    pub(super) agent: ureq::Agent,
-    /// `{base}/models`.
-    pub(super) url: String,
-    pub(super) authorization: Option<String>,
-    pub(super) secrets: Secrets,
-    pub(super) interval: Duration,
-}
-
-/// Owns the probe thread: dropping it stops the thread.
+/// Starts the probe task once, when a runtime is there to run it.
 pub(super) struct Prober {
-    _stop: mpsc::Sender<()>,
+    started: AtomicBool,
+    stop: CancellationToken,
+    interval: Duration,
 }
+
+/// Held by the factory: dropping it ends the probe task.
+pub(super) struct StopProbing(#[allow(dead_code)] DropGuard);
 
 impl Prober {
-    /// Starts the probe thread, which probes at once and then every
-    /// `target.interval`.
-    pub(super) fn start(target: ProbeTarget, health: Arc<UpstreamHealth>) -> io::Result<Prober> {
-        let (stop, stopped) = mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name(format!("{}-probe", health.model))
-            .spawn(move || run(&target, &health, &stopped))?;
-        Ok(Prober { _stop: stop })
+    /// A prober for probes every `interval`, and the guard that stops it.
+    pub(super) fn new(interval: Duration) -> (Prober, StopProbing) {
+        let stop = CancellationToken::new();
+        let guard = StopProbing(stop.clone().drop_guard());
+        let prober = Prober {
+            started: AtomicBool::new(false),
+            stop,
+            interval,
+        };
+        (prober, guard)
+    }
+
+    /// Whether the probe task was started.
+    #[cfg(test)]
+    pub(super) fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Starts the probe task of `shared` if it has not started and this
+    /// thread is inside a tokio runtime. Cheap once started.
+    pub(super) fn start(&self, shared: &Arc<Shared>) {
+        if self.started.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        runtime.spawn(run(
+            Arc::downgrade(shared),
+            self.stop.clone(),
+            self.interval,
+        ));
     }
 }
 
-fn run(target: &ProbeTarget, health: &UpstreamHealth, stopped: &mpsc::Receiver<()>) {
-    let timeout = target.interval.clamp(PROBE_TIMEOUT_MIN, PROBE_TIMEOUT_MAX);
-    let mut last_status = None;
+/// Probes until stopped, or until the model's state is gone.
+async fn run(shared: Weak<Shared>, stop: CancellationToken, interval: Duration) {
+    // What each upstream's last probe found, to warn once per change.
+    let mut last: Vec<Found> = Vec::new();
     loop {
-        match probe(target, timeout) {
+        let Some(model) = shared.upgrade() else {
+            return;
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = probe_all(&model, &mut last, interval) => {}
+        }
+        drop(model);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// What a probe found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// Not probed yet.
+    Nothing,
+    /// An answer below 500, of this status.
+    Answer(u16),
+    /// No answer, or a 5xx.
+    Failure,
+}
+
+/// Probes every upstream at once and records what each probe found.
+async fn probe_all(model: &Shared, last: &mut Vec<Found>, interval: Duration) {
+    let upstreams = model.upstreams.all();
+    last.resize(upstreams.len(), Found::Nothing);
+    let probes = upstreams
+        .iter()
+        .map(|upstream| model.http.probe(&upstream.target.probe, interval));
+    let results = futures_util::future::join_all(probes).await;
+    for (i, result) in results.into_iter().enumerate() {
+        let upstream = &upstreams[i];
+        let target = &upstream.target;
+        match result {
             Ok(status) => {
-                if matches!(status, 401 | 403) && last_status != Some(status) {
+                if matches!(status, 401 | 403) && last[i] != Found::Answer(status) {
                     tracing::warn!(
-                        model = %health.model,
-                        upstream = %health.upstream,
+                        model = %model.name,
+                        upstream = %upstream.name,
+                        url = %target.shown,
                         status,
-                        "the upstream refuses the gateway's credentials; every call will fail"
+                        "the upstream refuses the gateway's credentials; every call to it will fail"
                     );
                 }
-                last_status = Some(status);
-                health.answered();
+                last[i] = Found::Answer(status);
+                model.upstreams.set_probe(i, true, Instant::now());
             }
             Err(why) => {
-                last_status = None;
-                health.unreachable(&why);
+                if last[i] != Found::Failure {
+                    tracing::warn!(
+                        model = %model.name,
+                        upstream = %upstream.name,
+                        url = %target.shown,
+                        why = %target.secrets.scrub(&why),
+                        "the upstream's probe failed"
+                    );
+                }
+                last[i] = Found::Failure;
+                model.upstreams.set_probe(i, false, Instant::now());
             }
         }
-        match stopped.recv_timeout(target.interval) {
-            Err(RecvTimeoutError::Timeout) => {}
-            // The factory was dropped (nothing is ever sent).
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-        }
-    }
-}
-
-/// One probe: the status of an answer below 500, or why it failed.
-fn probe(target: &ProbeTarget, timeout: Duration) -> Result<u16, String> {
-    let mut request = target
-        .agent
-        .get(&target.url)
-        .config()
-        .timeout_global(Some(timeout))
-        .build();
-    if let Some(authorization) = &target.authorization {
-        request = request.header("authorization", authorization);
-    }
-    match request.call() {
-        Ok(response) if response.status().as_u16() < 500 => Ok(response.status().as_u16()),
-        Ok(response) => Err(format!("the probe got HTTP {}", response.status().as_u16())),
-        Err(error) => Err(target.secrets.scrub(&format!("the probe failed: {error}"))),
-    }
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use std::time::Instant;
-
-    use super::*;
-
-    /// Whether a thread of this process has this name.
-    fn thread_named(name: &str) -> bool {
-        std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(Result::ok)
-            .any(|task| {
-                std::fs::read_to_string(task.path().join("comm"))
-                    .is_ok_and(|comm| comm.trim_end() == name)
-            })
-    }
-
-    fn wait_until(what: &str, done: impl Fn() -> bool) {
-        let give_up = Instant::now() + Duration::from_secs(10);
-        while !done() {
-            assert!(Instant::now() < give_up, "never: {what}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    #[test]
-    fn the_probe_marks_a_dead_upstream_down_and_stops_with_its_owner() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let health = Arc::new(UpstreamHealth::new("hp1", "upstream"));
-        let target = ProbeTarget {
-            agent: ureq::Agent::new_with_defaults(),
-            url: format!("http://{closed}/v1/models"),
-            authorization: None,
-            secrets: Secrets::default(),
-            interval: Duration::from_millis(100),
-        };
-        let prober = Prober::start(target, health.clone()).unwrap();
-        wait_until("the upstream is down", || !health.is_up());
-        assert!(thread_named("hp1-probe"));
-        drop(prober);
-        wait_until("the probe thread ended", || !thread_named("hp1-probe"));
     }
 }

@@ -1,129 +1,165 @@
-//! The OpenAI-compatible backend: a blocking HTTP client to vLLM, llama.cpp's
-//! server, Ollama, OpenAI, or anything else that serves
-//! `/v1/chat/completions`.
+//! The OpenAI-compatible backend: an asynchronous HTTP client to vLLM,
+//! llama.cpp's server, Ollama, TGI, OpenAI, or anything else that serves
+//! `/v1/chat/completions`, with one or many upstreams per model.
 //!
+//! It is an [`AsyncBackend`]: each call is a future on the runtime, not a
+//! thread, so `workers` can be thousands of requests in flight; the pool
+//! cancels a call by dropping its future, which drops the HTTP request and
+//! closes its connection (vLLM and others then abort the generation).
 //! Generate makes one non-streaming request; GenerateStream sets
 //! `stream: true` and forwards each server-sent-event delta as it arrives.
-//! Each exchange runs on a helper thread ([`exchange`]) so that a cancelled
-//! or expired call frees its worker at once, whatever the upstream does; the
-//! call's deadline bounds the whole HTTP exchange as well.
 //!
-//! Failures map to gRPC codes with a short safe message; the upstream's own
-//! words go to the log ([`failure`] has the table). The model's health
-//! follows the upstream ([`health`]). The API key is read once from the
-//! named environment variable and never logged; a `base_url` with
-//! `user:password@` is printed with the password hidden.
+//! The pieces, one job each:
+//! - [`call`]: one call: pick an upstream, send, read the answer, retry on
+//!   another upstream while nothing of the answer was received;
+//! - [`upstreams`]: which upstream takes a request (balancing), and which
+//!   are up (passive ejection, the probe's findings), without I/O;
+//! - [`health`]: the probe task;
+//! - [`http`]: the HTTP client (TLS roots, timeouts) and its requests;
+//! - [`sse`]: the events of a streamed answer, bounded;
+//! - [`wire`]: the OpenAI JSON format;
+//! - [`failure`]: what a failure means for the client, and for the log.
+//!
+//! The API key is read once from the named environment variable and never
+//! logged; an upstream URL with `user:password@` is sent as Basic auth and
+//! printed with the password hidden.
 
-mod exchange;
+mod call;
 mod failure;
 mod health;
+mod http;
+mod sse;
+mod upstreams;
+mod wire;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-
-use crate::backend::{
-    Backend, BackendError, BackendErrorKind, BackendFactory, CallContext, Completion, FinishReason,
-    GenerateParams, Input, count_words,
-};
+use crate::backend::{AsyncBackend, Backend, BackendError, BackendErrorKind, BackendFactory};
 use crate::config::{OpenAiConfig, redact_url};
-use exchange::{Exchange, Piece, Request};
 use failure::Secrets;
-use health::{ProbeTarget, Prober, UpstreamHealth};
+use health::{Prober, StopProbing};
+use http::Http;
+use upstreams::Upstreams;
 
-/// Makes the (stateless) backends of one model; they share one HTTP agent,
-/// and so its connection pool, and the upstream's health.
+/// Makes the backend of one model: one [`OpenAiBackend`] shared by all its
+/// calls, and the probe of its upstreams.
 pub struct OpenAiFactory {
-    agent: ureq::Agent,
-    upstream: Arc<Upstream>,
-    health: Arc<UpstreamHealth>,
-    /// Helper threads whose worker has left (see [`exchange`]).
-    abandoned: Arc<AtomicUsize>,
-    /// Stops the probe thread when the factory is dropped.
-    _prober: Option<Prober>,
+    backend: Arc<OpenAiBackend>,
+    /// Ends the probe task when the factory is dropped.
+    _probing: StopProbing,
 }
 
-/// What every backend of a model needs to know about its upstream.
-struct Upstream {
-    /// The gateway's model name (names helper threads).
-    model: String,
-    /// `{base}/v1/chat/completions`, credentials included.
-    url: String,
-    /// The URL as logs show it (credentials hidden).
-    shown: String,
+/// The backend of one model: its HTTP client, its upstreams and their
+/// health. Shared by every call of the model.
+pub struct OpenAiBackend {
+    shared: Arc<Shared>,
+}
+
+/// What the calls and the probe task of a model share.
+pub(crate) struct Shared {
+    /// The gateway's model name, for the log.
+    name: String,
+    /// The model name sent upstream.
     upstream_model: String,
-    /// `Bearer <key>`; never logged.
-    authorization: Option<String>,
+    http: Http,
+    upstreams: Upstreams<Target>,
+    prober: Prober,
+}
+
+/// Where one upstream's requests go, and what to hide when logging it.
+pub(crate) struct Target {
+    /// The upstream's name, for the log.
+    name: String,
+    /// `{url}/v1/chat/completions`, credentials included.
+    chat: String,
+    /// What the probe gets, credentials included.
+    probe: String,
+    /// The chat URL as logs show it (credentials hidden).
+    shown: String,
+    /// The API key and the URL's password, to scrub from log lines.
     secrets: Secrets,
 }
 
 impl fmt::Debug for OpenAiFactory {
     // Not derived: the API key must never reach a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shared = &self.backend.shared;
+        let urls: Vec<&str> = shared
+            .upstreams
+            .all()
+            .iter()
+            .map(|u| u.target.shown.as_str())
+            .collect();
         f.debug_struct("OpenAiFactory")
-            .field("url", &self.upstream.shown)
-            .field("upstream_model", &self.upstream.upstream_model)
-            .field(
-                "api_key",
-                &self.upstream.authorization.as_ref().map(|_| "<set>"),
-            )
+            .field("model", &shared.name)
+            .field("upstreams", &urls)
+            .field("upstream_model", &shared.upstream_model)
+            .field("api_key", &shared.http.has_key().then_some("<set>"))
             .finish()
     }
 }
 
 impl OpenAiFactory {
     /// A factory for `model`, reading the API key from the environment
-    /// variable the config names (if any).
+    /// variable the config names, if any. A variable that is not set means
+    /// no key (with a warning): `serve` refuses to start in that case
+    /// ([`Config::check_environment`](crate::Config::check_environment)),
+    /// so only an embedder meets it.
     pub fn from_config(model: &str, config: &OpenAiConfig) -> Self {
-        let api_key = config
-            .api_key_env
-            .as_ref()
-            .and_then(|var| std::env::var(var).ok());
+        let api_key = config.api_key_env.as_ref().and_then(|var| {
+            let key = std::env::var(var).ok();
+            if key.is_none() {
+                tracing::warn!(model, variable = %var, "api_key_env names a variable that is not set; no API key is sent");
+            }
+            key
+        });
         Self::new(model, config, api_key)
     }
 
-    /// A factory with an explicit API key (for embedding and tests). Starts
-    /// the thread that probes the upstream.
+    /// A factory with an explicit API key (for embedding and tests). The
+    /// probe of the upstreams starts now if this runs inside a tokio
+    /// runtime, else with the first call.
     pub fn new(model: &str, config: &OpenAiConfig, api_key: Option<String>) -> Self {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_millis(config.connect_timeout_ms)))
-            .timeout_per_read(Some(Duration::from_millis(config.read_timeout_ms)))
-            .user_agent(concat!("infergate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
-        let url = endpoint(&config.base_url, "chat/completions");
-        let shown = redact_url(&url).into_owned();
-        let authorization = api_key.as_ref().map(|key| format!("Bearer {key}"));
-        let health = Arc::new(UpstreamHealth::new(model, &shown));
-        let probe = ProbeTarget {
-            agent: agent.clone(),
-            url: endpoint(&config.base_url, "models"),
-            authorization: authorization.clone(),
-            secrets: Secrets::new(api_key.as_deref(), &config.base_url),
-            interval: Duration::from_millis(config.health_interval_ms),
-        };
-        let prober = Prober::start(probe, health.clone())
-            .inspect_err(|e| {
-                tracing::warn!(model, error = %e, "cannot start the upstream probe; health follows the calls only");
+        let http = Http::new(
+            model,
+            Duration::from_millis(config.connect_timeout_ms),
+            Duration::from_millis(config.read_timeout_ms),
+            api_key.as_deref(),
+        );
+        let list = config
+            .named_upstreams()
+            .into_iter()
+            .map(|upstream| {
+                let chat = endpoint(&upstream.url, "chat/completions");
+                let target = Target {
+                    name: upstream.name.clone(),
+                    shown: redact_url(&chat).into_owned(),
+                    probe: probe_url(&upstream.url, &config.health_path),
+                    chat,
+                    secrets: Secrets::new(api_key.as_deref(), &upstream.url),
+                };
+                (upstream.name, upstream.weight, target)
             })
-            .ok();
+            .collect();
+        let (prober, probing) = Prober::new(Duration::from_millis(config.health_interval_ms));
+        let shared = Arc::new(Shared {
+            name: model.to_string(),
+            upstream_model: config.model.clone().unwrap_or_else(|| model.to_string()),
+            http,
+            upstreams: Upstreams::new(
+                model,
+                list,
+                config.eject_after,
+                Duration::from_millis(config.eject_ms),
+            ),
+            prober,
+        });
+        shared.prober.start(&shared);
         OpenAiFactory {
-            agent,
-            upstream: Arc::new(Upstream {
-                model: model.to_string(),
-                url,
-                shown,
-                upstream_model: config.model.clone().unwrap_or_else(|| model.to_string()),
-                authorization,
-                secrets: Secrets::new(api_key.as_deref(), &config.base_url),
-            }),
-            health,
-            abandoned: Arc::new(AtomicUsize::new(0)),
-            _prober: prober,
+            backend: Arc::new(OpenAiBackend { shared }),
+            _probing: probing,
         }
     }
 }
@@ -138,228 +174,49 @@ fn endpoint(base_url: &str, path: &str) -> String {
     }
 }
 
+/// What the probe gets: `health_path` under the `/v1` base, or, when it
+/// starts with `/`, from the server's root.
+fn probe_url(base_url: &str, health_path: &str) -> String {
+    if health_path.starts_with('/')
+        && let Ok(mut url) = url::Url::parse(base_url)
+    {
+        url.set_path(health_path);
+        return url.into();
+    }
+    endpoint(base_url, health_path.trim_start_matches('/'))
+}
+
 impl BackendFactory for OpenAiFactory {
     fn kind(&self) -> &str {
         "openai"
     }
 
+    /// Never called by the pool, which runs [`asynchronous`](Self::asynchronous)'s
+    /// backend as tasks.
     fn create(&self, _worker: usize) -> Result<Box<dyn Backend>, BackendError> {
-        Ok(Box::new(OpenAiBackend {
-            agent: self.agent.clone(),
-            upstream: self.upstream.clone(),
-            health: self.health.clone(),
-            abandoned: self.abandoned.clone(),
-        }))
-    }
-
-    fn is_up(&self) -> bool {
-        self.health.is_up()
-    }
-}
-
-/// One worker's client.
-pub struct OpenAiBackend {
-    agent: ureq::Agent,
-    upstream: Arc<Upstream>,
-    health: Arc<UpstreamHealth>,
-    abandoned: Arc<AtomicUsize>,
-}
-
-impl OpenAiBackend {
-    fn body(&self, params: &GenerateParams, stream: bool) -> Value {
-        let messages = match &params.input {
-            Input::Prompt(prompt) => json!([{ "role": "user", "content": prompt }]),
-            Input::Messages(messages) => messages
-                .iter()
-                .map(|m| json!({ "role": m.role, "content": m.content }))
-                .collect(),
-        };
-        let mut body = json!({
-            "model": self.upstream.upstream_model,
-            "messages": messages,
-            "stream": stream,
-        });
-        if let Some(max_tokens) = params.max_tokens {
-            body["max_tokens"] = json!(max_tokens);
-        }
-        if let Some(temperature) = params.temperature {
-            body["temperature"] = json!(temperature);
-        }
-        if !params.stop.is_empty() {
-            body["stop"] = json!(params.stop);
-        }
-        if let Some(seed) = params.seed {
-            body["seed"] = json!(seed);
-        }
-        if stream {
-            body["stream_options"] = json!({ "include_usage": true });
-        }
-        body
-    }
-
-    /// Starts the exchange on a helper thread.
-    fn start(&self, body: &Value, ctx: &CallContext<'_>) -> Result<Exchange, BackendError> {
-        let request = Request {
-            agent: self.agent.clone(),
-            url: self.upstream.url.clone(),
-            authorization: self.upstream.authorization.clone(),
-            body: body.to_string(),
-            streaming: ctx.is_streaming(),
-            deadline: ctx.deadline(),
-        };
-        let name = format!("{}-http", self.upstream.model);
-        Exchange::start(request, &self.abandoned, name).map_err(|e| {
-            tracing::warn!(error = %e, "cannot start the upstream request thread");
-            BackendError::new(
-                BackendErrorKind::Unavailable,
-                "the gateway cannot start the upstream request (out of threads?); retry later",
-            )
-        })
-    }
-
-    /// The client's error for a piece that is not the answer expected; logs
-    /// the details.
-    fn failure(&self, piece: Piece) -> BackendError {
-        let upstream = self.upstream.shown.as_str();
-        let secrets = &self.upstream.secrets;
-        match piece {
-            Piece::Refused { status, body } => {
-                if status < 500 {
-                    self.health.answered();
-                }
-                failure::refused(status, &body, upstream, secrets)
-            }
-            Piece::Failed(error) => {
-                if failure::is_connect_failure(&error) {
-                    self.health
-                        .unreachable(&secrets.scrub(&format!("a call failed: {error}")));
-                }
-                failure::transport(&error, upstream, secrets)
-            }
-            Piece::Gone | Piece::Body(_) | Piece::Line(_) | Piece::End => {
-                failure::helper_gone(upstream)
-            }
-        }
-    }
-
-    fn whole(
-        &self,
-        params: &GenerateParams,
-        ctx: &mut CallContext<'_>,
-    ) -> Result<Completion, BackendError> {
-        let exchange = self.start(&self.body(params, false), ctx)?;
-        let text = match exchange.next(ctx)? {
-            Piece::Body(text) => text,
-            other => return Err(self.failure(other)),
-        };
-        self.health.answered();
-        let value: Value = serde_json::from_str(&text).map_err(|e| self.malformed(&e, &text))?;
-        let choice = &value["choices"][0];
-        let content = choice["message"]["content"].as_str().unwrap_or_default();
-        if !content.is_empty() {
-            ctx.emit(content)?;
-        }
-        Ok(completion(
-            params,
-            &value["usage"],
-            choice["finish_reason"].as_str(),
-            count_words(content),
+        Err(BackendError::new(
+            BackendErrorKind::Internal,
+            "the openai backend runs calls as tasks and has no per-worker backend",
         ))
     }
 
-    fn streamed(
-        &self,
-        params: &GenerateParams,
-        ctx: &mut CallContext<'_>,
-    ) -> Result<Completion, BackendError> {
-        // Dropping the exchange on any return tells the helper to stop; it
-        // then drops the response, which closes the connection: vLLM and
-        // others take that as an abort.
-        let exchange = self.start(&self.body(params, true), ctx)?;
-        let mut finish_reason = None;
-        let mut usage = Value::Null;
-        let mut chunks = 0u32;
-        let mut answered = false;
-        loop {
-            let line = match exchange.next(ctx)? {
-                Piece::Line(line) => line,
-                Piece::End => break,
-                other => return Err(self.failure(other)),
-            };
-            if !answered {
-                answered = true;
-                self.health.answered();
-            }
-            let Some(data) = line.strip_prefix("data:").map(str::trim) else {
-                continue; // comments, event names, blank separators
-            };
-            if data == "[DONE]" {
-                break;
-            }
-            let event: Value = serde_json::from_str(data).map_err(|e| self.malformed(&e, data))?;
-            if let Some(error) = event.get("error") {
-                return Err(failure::error_event(
-                    &error.to_string(),
-                    &self.upstream.shown,
-                    &self.upstream.secrets,
-                ));
-            }
-            if !event["usage"].is_null() {
-                usage = event["usage"].clone();
-            }
-            let choice = &event["choices"][0];
-            if let Some(delta) = choice["delta"]["content"].as_str()
-                && !delta.is_empty()
-            {
-                chunks = chunks.saturating_add(1);
-                ctx.emit(delta)?;
-            }
-            if let Some(reason) = choice["finish_reason"].as_str() {
-                finish_reason = Some(reason.to_string());
-            }
-        }
-        Ok(completion(params, &usage, finish_reason.as_deref(), chunks))
+    fn is_up(&self) -> bool {
+        let shared = &self.backend.shared;
+        shared.prober.start(shared);
+        shared.upstreams.any_up(Instant::now())
     }
 
-    fn malformed(&self, error: &serde_json::Error, text: &str) -> BackendError {
-        failure::malformed(error, text, &self.upstream.shown, &self.upstream.secrets)
-    }
-}
-
-impl Backend for OpenAiBackend {
-    fn generate(
-        &mut self,
-        params: &GenerateParams,
-        ctx: &mut CallContext<'_>,
-    ) -> Result<Completion, BackendError> {
-        if ctx.is_streaming() {
-            self.streamed(params, ctx)
-        } else {
-            self.whole(params, ctx)
-        }
-    }
-}
-
-fn completion(
-    params: &GenerateParams,
-    usage: &Value,
-    finish_reason: Option<&str>,
-    counted: u32,
-) -> Completion {
-    let count = |field: &str| usage[field].as_u64().and_then(|n| u32::try_from(n).ok());
-    Completion {
-        finish_reason: match finish_reason {
-            Some("length") => FinishReason::Length,
-            _ => FinishReason::Stop,
-        },
-        prompt_tokens: count("prompt_tokens").unwrap_or_else(|| count_words(&params.input.text())),
-        completion_tokens: count("completion_tokens").unwrap_or(counted),
+    fn asynchronous(&self) -> Option<Arc<dyn AsyncBackend>> {
+        let shared = &self.backend.shared;
+        shared.prober.start(shared);
+        Some(self.backend.clone())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::UpstreamConfig;
 
     #[test]
     fn the_url_gets_v1_once() {
@@ -371,6 +228,14 @@ mod tests {
             endpoint("http://h:11434", "models"),
             "http://h:11434/v1/models"
         );
+        assert_eq!(
+            probe_url("http://u:p@h:8000/v1", "models"),
+            "http://u:p@h:8000/v1/models"
+        );
+        assert_eq!(
+            probe_url("http://u:p@h:8000/v1", "/health"),
+            "http://u:p@h:8000/health"
+        );
     }
 
     #[test]
@@ -378,14 +243,50 @@ mod tests {
         let config = OpenAiConfig {
             // Always set in a test process; read without modifying it.
             api_key_env: Some("PATH".into()),
-            ..OpenAiConfig::new("http://bob:pa55word@127.0.0.1:1/v1")
+            ..OpenAiConfig::with_upstreams(vec![
+                UpstreamConfig::new("http://bob:pa55word@127.0.0.1:1/v1"),
+                UpstreamConfig::new("http://127.0.0.1:2"),
+            ])
         };
+        // Outside a runtime: nothing is spawned, and nothing fails.
         let factory = OpenAiFactory::from_config("m", &config);
-        assert!(factory.upstream.authorization.is_some());
+        assert!(factory.backend.shared.http.has_key());
         let printed = format!("{factory:?} {config:?}");
         assert!(!printed.contains(&std::env::var("PATH").unwrap()));
         assert!(!printed.contains("pa55word"), "{printed}");
         assert!(printed.contains("bob:***@127.0.0.1:1"), "{printed}");
-        assert_eq!(factory.upstream.upstream_model, "m");
+        assert!(
+            printed.contains("127.0.0.1:2/v1/chat/completions"),
+            "{printed}"
+        );
+        assert_eq!(factory.backend.shared.upstream_model, "m");
+        assert!(factory.is_up(), "up until a probe or a call says otherwise");
+        assert!(factory.create(0).is_err());
+    }
+
+    #[test]
+    fn a_factory_made_outside_a_runtime_probes_from_its_first_use_inside_one() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let config = OpenAiConfig {
+            health_interval_ms: 100,
+            ..OpenAiConfig::new(format!("http://{closed}/v1"))
+        };
+        let factory = OpenAiFactory::new("lazy", &config, None);
+        assert!(!factory.backend.shared.prober.is_started());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            assert!(factory.asynchronous().is_some());
+            assert!(factory.backend.shared.prober.is_started());
+            let give_up = Instant::now() + Duration::from_secs(10);
+            while factory.is_up() {
+                assert!(Instant::now() < give_up, "the probe never ran");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
     }
 }
