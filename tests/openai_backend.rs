@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{TestServer, request, with_timeout};
+use common::{TestServer, request, wait_for_health, with_timeout};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -26,7 +26,6 @@ use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -584,33 +583,6 @@ async fn health_follows_the_upstream() {
         .await
         .expect("served");
     assert_eq!(answer.into_inner().text, "echo: back");
-}
-
-/// Polls grpc.health.v1 Check (bounded) until the service has `status`.
-async fn wait_for_health(
-    health: &mut HealthClient<tonic::transport::Channel>,
-    service: &str,
-    status: ServingStatus,
-) {
-    let give_up = Instant::now() + Duration::from_secs(15);
-    loop {
-        let now = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .expect("health check")
-            .into_inner()
-            .status;
-        if now == status as i32 {
-            return;
-        }
-        assert!(
-            Instant::now() < give_up,
-            "{service} never became {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

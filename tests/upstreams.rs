@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{TestServer, metric, request, with_timeout};
+use common::{TestServer, metric, request, wait_for_health, with_timeout};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -24,7 +24,6 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
@@ -701,31 +700,4 @@ async fn the_model_serves_while_any_upstream_is_up() {
         .expect("served by b");
     assert_eq!(answer.into_inner().text, "echo: back");
     assert_eq!(b.chats(), 1);
-}
-
-/// Polls grpc.health.v1 Check (bounded) until the service has `status`.
-async fn wait_for_health(
-    health: &mut HealthClient<tonic::transport::Channel>,
-    service: &str,
-    status: ServingStatus,
-) {
-    let give_up = Instant::now() + Duration::from_secs(15);
-    loop {
-        let now = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .expect("health check")
-            .into_inner()
-            .status;
-        if now == status as i32 {
-            return;
-        }
-        assert!(
-            Instant::now() < give_up,
-            "{service} never became {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

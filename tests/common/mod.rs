@@ -448,3 +448,30 @@ pub async fn generate_text(
         .await
         .map(|r| r.into_inner().text)
 }
+
+/// Polls grpc.health.v1 Check (bounded) until the service has `status`.
+pub async fn wait_for_health(
+    health: &mut tonic_health::pb::health_client::HealthClient<Channel>,
+    service: &str,
+    status: tonic_health::pb::health_check_response::ServingStatus,
+) {
+    let give_up = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status;
+        if now == status as i32 {
+            return;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "{service} never became {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
