@@ -10,6 +10,10 @@ model that reaches only the first replica (the `base_url` shorthand).
   endpoint): least-outstanding-requests balancing must give it a
   correspondingly smaller share (its requests, from
   `infergate_upstream_requests_total`, against the fast ones' mean).
+- Burst: 2,000 calls at once to one replica that takes 1 s per call and
+  2,000 calls at once (a model with `workers = 2000`): they must all end
+  within 1.5 s of the first, with the gateway under 40 OS threads (calls
+  are tasks, not threads; sampled from /proc every 20 ms).
 - Kill: a closed loop on the balanced model, and one replica killed
   (SIGKILL) a second in: no call may fail once the gateway has ejected it
   (`infergate_upstream_up` 0, sampled every 50 ms), the failures before
@@ -43,6 +47,9 @@ EJECT_AFTER = 3
 EJECT_MS = 1000
 HEALTH_MS = 250
 DATA = {"prompt": "route me to a replica", "max_tokens": 8}
+BURST = 2000                     # calls at once in the burst, each 1 s upstream
+BURST_MS = 1000
+BURST_THREADS = 40
 
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
@@ -66,10 +73,10 @@ def per_upstream(scrape, name, model):
     return values
 
 
-def upstream_model(name, upstreams, base_url=None):
+def upstream_model(name, upstreams, base_url=None, workers=WORKERS):
     """An `openai` model: `base_url` (one upstream, the shorthand) or
     `[[models.openai.upstreams]]` (name, url)."""
-    text = (f'[[models]]\nname = "{name}"\nbackend = "openai"\nworkers = {WORKERS}\nqueue_capacity = 1024\n'
+    text = (f'[[models]]\nname = "{name}"\nbackend = "openai"\nworkers = {workers}\nqueue_capacity = 1024\n'
             f'timeout_ms = 20000\nmax_timeout_ms = 600000\n[models.openai]\nmodel = "fake"\n'
             f'health_interval_ms = {HEALTH_MS}\neject_after = {EJECT_AFTER}\neject_ms = {EJECT_MS}\n'
             f'connect_timeout_ms = 1000\nread_timeout_ms = 10000\n')
@@ -97,11 +104,11 @@ class Upstreams:
 
     # -- processes -----------------------------------------------------------
 
-    def start_replica(self, name):
+    def start_replica(self, name, latency_ms=LATENCY_MS, slots=SLOTS):
         port = self.ports[name]
         self.replicas[name] = self.suite.servers.start(
             [sys.executable, os.path.join(HERE, "fake_openai.py"), "--port", str(port), "--name", name,
-             "--latency-ms", str(LATENCY_MS), "--concurrency", str(SLOTS)],
+             "--latency-ms", str(latency_ms), "--concurrency", str(slots)],
             port, f"s8-{name}-{time.time_ns()}.log")
 
     def url(self, name):
@@ -125,10 +132,14 @@ class Upstreams:
         suite = self.suite
         for name in REPLICAS:
             self.start_replica(name)
+        self.ports["wide"] = free_port()
+        self.start_replica("wide", latency_ms=BURST_MS, slots=BURST)
         models = [upstream_model("one", None, base_url=self.url("u1")),
-                  upstream_model("bal", [(n, self.url(n)) for n in REPLICAS])]
+                  upstream_model("bal", [(n, self.url(n)) for n in REPLICAS]),
+                  upstream_model("wide", None, base_url=self.url("wide"), workers=BURST)]
         self.address, self.metrics_port, gw = suite.start_gateway(models, "s8-gateway")
         try:
+            burst = self.burst(gw.pid)
             # Warm-up: connections to every replica, a full wave each.
             for name in ("one", "bal"):
                 suite.bench(self.address, {"model": name, **DATA}, "-c", str(SATURATE), "-n", str(2 * SATURATE),
@@ -140,6 +151,45 @@ class Upstreams:
         finally:
             suite.servers.stop(gw)
         self.report(throughput, skew, kill, back)
+        self.report_burst(burst)
+
+    def burst(self, pid):
+        """BURST calls at once, twice (the first opens the connections);
+        the gateway's threads sampled throughout."""
+        threads, done = [], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        threads.extend(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+                except OSError:
+                    pass
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            runs = [self.suite.bench(self.address, {"model": "wide", **DATA}, "-c", str(BURST), "-n", str(BURST),
+                                     "--connections", "8", name=f"s8-burst-{i}") for i in range(2)]
+        finally:
+            done.set()
+            sampler.join()
+        return {"cold": runs[0], "warm": runs[1], "threads": max(threads, default=0), "samples": len(threads)}
+
+    def report_burst(self, burst):
+        suite, warm, cold = self.suite, burst["warm"], burst["cold"]
+        wall = warm["total"] / 1e9
+        all_ok = self.ok(warm) == warm["count"] == BURST
+        suite.row(SCENARIO, f"{BURST} calls at once, {BURST_MS} ms each upstream (workers = {BURST}): time until the last ends",
+                  f"{wall:.2f} s (first burst, opening the upstream connections: {cold['total'] / 1e9:.2f} s); "
+                  f"{self.ok(warm)} OK",
+                  "< 1.5 s", "calls are tasks: all 2,000 wait on the upstream at once, none waits for a thread",
+                  wall < 1.5 and all_ok)
+        suite.row(SCENARIO, "gateway OS threads during the bursts (max of /proc samples)",
+                  f"{burst['threads']} ({burst['samples']} samples)", f"< {BURST_THREADS}",
+                  "a thread per call would be 2,000 (the synchronous backend needed 2,133)",
+                  0 < burst["threads"] < BURST_THREADS)
 
     def closed(self, model, callers, seconds, name, details=False):
         return self.suite.bench(self.address, {"model": model, **DATA}, "-c", str(callers), "-z", f"{seconds}s",
@@ -311,6 +361,11 @@ as `[[models.openai.upstreams]]` (`workers = {WORKERS}`, `eject_after = {EJECT_A
 `base_url` = the first replica. `infergate bench`, closed loops, 4
 connections; per-replica requests from `infergate_upstream_requests_total`
 (after minus before), beside each replica's own count (`GET /stats`).
+The burst: a fourth replica taking {BURST_MS} ms per call and {BURST} calls at
+once, behind model `wide` (`workers = {BURST}`): `infergate bench -c {BURST}
+-n {BURST}` over 8 connections, twice (the first opens the gateway's
+connections to the replica), the gateway's `Threads:` read from
+`/proc/PID/status` every 20 ms meanwhile.
 
 | run | calls (OK) | requests/s | p50 | p99 | requests per replica ({' / '.join(REPLICAS)}) |
 |---|---|---|---|---|---|
