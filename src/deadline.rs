@@ -13,12 +13,12 @@ use std::time::{Duration, Instant};
 
 /// How much earlier than the client's grpc-timeout the gateway gives up, as
 /// a fraction of the timeout, between [`MIN_CLIENT_MARGIN`] and
-/// [`MAX_CLIENT_MARGIN`]. Two timers race ours: tonic's server runs one on
-/// that header outside our service and answers CANCELLED "Timeout expired"
-/// when it fires first; and the client runs its own, started before the
-/// request was sent. Answering DEADLINE_EXCEEDED a little early is what lets
-/// the client see DEADLINE_EXCEEDED from the server (with the stage it
-/// expired in) rather than a local timeout.
+/// [`MAX_CLIENT_MARGIN`]. The client runs its own timer, started before the
+/// request was sent: answering DEADLINE_EXCEEDED a little early is what
+/// lets the client see DEADLINE_EXCEEDED from the server (with the stage it
+/// expired in) rather than a local timeout. (tonic's server would run a
+/// third timer on the header, answering CANCELLED "Timeout expired"; the
+/// server takes the header away before tonic sees it: see [`Arrival`].)
 const CLIENT_MARGIN_DIVISOR: u32 = 20;
 /// Lower bound of the margin: two ticks of tokio's millisecond timer.
 const MIN_CLIENT_MARGIN: Duration = Duration::from_millis(2);
@@ -33,6 +33,13 @@ const FAR_FUTURE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// its deadline counts from.
 #[derive(Debug, Clone, Copy)]
 pub struct Arrival(pub Instant);
+
+/// The client's `grpc-timeout`, taken out of the headers by the server's
+/// outermost layer (with [`Arrival`]), so that the gateway's own deadline
+/// is the only server-side timer: tonic's would otherwise race it on a
+/// loaded machine and answer CANCELLED instead of DEADLINE_EXCEEDED.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTimeout(pub Option<Duration>);
 
 /// Who chose a call's budget: said in the error when it runs out, so a
 /// client can tell its own timeout from the operator's cap.

@@ -119,7 +119,8 @@ pub fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration>
     parse_grpc_timeout(value)
 }
 
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+/// Parses a `grpc-timeout` value; `None` when malformed.
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     if value.len() < 2 || value.len() > 9 {
         return None;
     }

@@ -25,11 +25,12 @@ use crate::config::{Config, ServerConfig};
 use crate::connection::activity::{CountCallsLayer, IdleTimeouts};
 use crate::connection::incoming::Incoming;
 use crate::connection::{self, ConnectionCap, fd_limit};
-use crate::deadline::Arrival;
+use crate::deadline::{Arrival, ClientTimeout};
 use crate::gateway::Gateway;
 use crate::metrics;
 use crate::proto;
 use crate::proto::inference_server::InferenceServer;
+use crate::request::parse_grpc_timeout;
 use crate::service::InferenceService;
 use crate::status_fix::FixStatus;
 
@@ -297,15 +298,25 @@ pub fn transport(config: &ServerConfig) -> Server {
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
 }
 
-/// Puts the request's [`Arrival`] in its extensions.
+/// Puts the request's [`Arrival`] in its extensions, and moves its
+/// `grpc-timeout` there too ([`ClientTimeout`]): the handlers' deadlines
+/// enforce it, and no timer of tonic's races them.
 fn stamp_arrival<B>(
     mut request: tonic::codegen::http::Request<B>,
 ) -> tonic::codegen::http::Request<B> {
-    request
-        .extensions_mut()
-        .insert(Arrival(std::time::Instant::now()));
+    let arrival = Arrival(std::time::Instant::now());
+    let timeout = request
+        .headers_mut()
+        .remove(GRPC_TIMEOUT)
+        .and_then(|value| value.to_str().ok().and_then(parse_grpc_timeout));
+    let extensions = request.extensions_mut();
+    extensions.insert(arrival);
+    extensions.insert(ClientTimeout(timeout));
     request
 }
+
+/// The header of a client's deadline.
+const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// Keeps each model's health in step with its pool: NOT_SERVING while no
 /// worker has a backend up (e.g. its worker processes keep failing to
@@ -378,5 +389,33 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("received SIGINT"),
         () = terminate => tracing::info!("received SIGTERM"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outermost_layer_takes_the_client_timeout_out_of_the_headers() {
+        let request = tonic::codegen::http::Request::builder()
+            .header(GRPC_TIMEOUT, "250m")
+            .body(())
+            .expect("a request");
+        let request = stamp_arrival(request);
+        assert!(request.headers().get(GRPC_TIMEOUT).is_none());
+        let timeout = request.extensions().get::<ClientTimeout>().map(|t| t.0);
+        assert_eq!(timeout, Some(Some(std::time::Duration::from_millis(250))));
+        assert!(request.extensions().get::<Arrival>().is_some());
+
+        let malformed = tonic::codegen::http::Request::builder()
+            .header(GRPC_TIMEOUT, "soon")
+            .body(())
+            .expect("a request");
+        let timeout = stamp_arrival(malformed)
+            .extensions()
+            .get::<ClientTimeout>()
+            .map(|t| t.0);
+        assert_eq!(timeout, Some(None));
     }
 }

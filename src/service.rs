@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::backend::FinishReason;
 use crate::batch;
 use crate::cache::Directive;
-use crate::deadline::Arrival;
+use crate::deadline::{Arrival, ClientTimeout};
 use crate::gateway::{CallOptions, Gateway};
 use crate::metrics::Method;
 use crate::outcome::{CacheState, Outcome, StreamItem};
@@ -239,6 +239,16 @@ fn received<T>(request: &Request<T>) -> Instant {
         .map_or_else(Instant::now, |arrival| arrival.0)
 }
 
+/// The client's grpc-timeout: taken from the headers by the server's
+/// outermost layer (see [`ClientTimeout`]), or read from them when served
+/// without it.
+fn client_timeout<T>(request: &Request<T>) -> Option<Duration> {
+    match request.extensions().get::<ClientTimeout>() {
+        Some(ClientTimeout(timeout)) => *timeout,
+        None => grpc_timeout(request.metadata()),
+    }
+}
+
 /// How a call came in: its arrival, grpc-timeout, RPC and cache-control.
 fn options<T>(request: &Request<T>, method: Method) -> CallOptions {
     let cache = request
@@ -247,7 +257,7 @@ fn options<T>(request: &Request<T>, method: Method) -> CallOptions {
         .and_then(|value| value.to_str().ok())
         .map_or(Directive::Use, Directive::parse);
     CallOptions {
-        client_timeout: grpc_timeout(request.metadata()),
+        client_timeout: client_timeout(request),
         received: received(request),
         method,
         cache,
