@@ -43,9 +43,9 @@ tells the gateway the worker is ready (the ``ready`` line), and the gateway
 counts the worker as started only then, within the model's
 ``start_timeout_ms``.
 
-Standard library only. The protocol (JSON lines on stdin/stdout) is in the
-README, so a worker can be written in any language. Anything the function
-prints goes to stderr: stdout carries the protocol.
+Standard library only. The protocol (JSON lines on stdin/stdout) is in
+docs/worker-protocol.md, so a worker can be written in any language.
+Anything the function prints goes to stderr: stdout carries the protocol.
 """
 
 import json

@@ -286,3 +286,61 @@ async fn a_worker_that_cannot_start_is_unavailable_naming_the_command() {
     let overall = health.check(check("")).await.expect("check").into_inner();
     assert_eq!(overall.status, ServingStatus::Serving as i32);
 }
+
+/// A config's relative paths resolve against its own directory: a worker
+/// `["python3", "worker.py"]` next to the config (with the worker library
+/// copied beside it, as the README says) runs in that directory, whatever
+/// directory the gateway was started from and however the config's path
+/// was given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_next_to_its_config_works_from_another_directory() {
+    let pid = std::process::id();
+    let base = std::env::temp_dir().join(format!("infergate-nextto-{pid}"));
+    let dir = base.join("model");
+    let elsewhere = base.join("elsewhere");
+    for d in [&dir, &elsewhere] {
+        std::fs::create_dir_all(d).expect("temp dirs");
+    }
+    let library = concat!(env!("CARGO_MANIFEST_DIR"), "/python/infergate_worker.py");
+    std::fs::copy(library, dir.join("infergate_worker.py")).expect("copy the library");
+    std::fs::write(
+        dir.join("worker.py"),
+        "import os\nfrom infergate_worker import serve\nserve(lambda request: os.getcwd() + ' ' + request.text)\n",
+    )
+    .expect("write worker.py");
+    let config = common::binary::listen_anywhere().to_string()
+        + "[[models]]\nname = \"nextto\"\nbackend = \"process\"\nworkers = 1\n[models.process]\ncommand = [\"python3\", \"worker.py\"]\n";
+    std::fs::write(dir.join("gateway.toml"), config).expect("write the config");
+
+    // From a sibling directory, the config named by a relative path.
+    let relative = std::path::Path::new("../model/gateway.toml");
+    let server = common::binary::BinaryServer::start_file(relative, Some(&elsewhere)).await;
+    let client = server.client().await;
+    let text = tokio::time::timeout(
+        Duration::from_secs(30),
+        generate_text(&client, "nextto", "hello"),
+    )
+    .await
+    .expect("an answer within 30 s")
+    .expect("the worker next to the config answers");
+    let real = dir.canonicalize().expect("canonical dir");
+    assert_eq!(text, format!("{} hello", real.display()));
+
+    // check-config shows the resolved working directory.
+    let out = std::process::Command::new(common::binary::bin())
+        .current_dir(&elsewhere)
+        .args(["check-config", "../model/gateway.toml"])
+        .output()
+        .expect("run check-config");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "cwd = \"{}\"",
+            elsewhere.join("../model").display()
+        )),
+        "{stdout}"
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&base);
+}

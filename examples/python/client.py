@@ -2,7 +2,7 @@
 grpcio-tools at start-up (stubs.py, into examples/python/generated/).
 
     python3 -m venv .venv && .venv/bin/pip install -r examples/python/requirements.txt
-    cargo run --release -- serve &
+    infergate serve &
     .venv/bin/python examples/python/client.py story
 
 Commands:

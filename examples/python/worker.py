@@ -2,7 +2,7 @@
 
 Run through the gateway with examples/process.toml:
 
-    cargo run --release -- serve --config examples/process.toml
+    infergate serve --config examples/process.toml
 
 Replace `fake_llm_call` with your own blocking call (an agent framework's
 `llm.call(messages)`, a local model, an HTTP client): each of the model's

@@ -415,7 +415,10 @@ pub struct ProcessConfig {
     /// Extra environment variables for the worker.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
-    /// Working directory of the worker (default: the gateway's).
+    /// Working directory of the worker. In a configuration read from a
+    /// file ([`Config::from_file`]) a relative `cwd` is taken relative to
+    /// the file's directory, and the default is that directory; otherwise
+    /// (no `cwd`, or TOML given as text) the worker inherits the gateway's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<PathBuf>,
     /// How long a worker may take to stop after a cancel line before it is
@@ -501,16 +504,58 @@ fn default_max_tokens() -> u32 {
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file, and resolves the relative
+    /// paths in it against the file's directory (see
+    /// [`resolve_paths`](Self::resolve_paths)), so that the file means the
+    /// same whatever directory the gateway is started from.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let error = |message: String| ConfigError {
             source: source.clone(),
             line: None,
             key: None,
-            message: format!("cannot read the file: {e}"),
-        })?;
-        Config::from_toml(&text, &source)
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| error(format!("cannot read the file: {e}")))?;
+        let mut config = Config::from_toml(&text, &source)?;
+        let dir = std::path::absolute(path)
+            .map_err(|e| error(format!("cannot tell the file's directory: {e}")))?;
+        let dir = dir.parent().unwrap_or(Path::new("/"));
+        config.resolve_paths(dir);
+        Ok(config)
+    }
+
+    /// Makes the paths of a configuration read from a file in `dir`
+    /// independent of the gateway's working directory. For each process
+    /// model: `cwd` defaults to `dir`, and a relative `cwd` is joined to
+    /// `dir`; a program given as a relative path with a `/` in it
+    /// (`./run.sh`, `venv/bin/python`) is joined to that working
+    /// directory. A bare program name (`python3`) is still looked up in
+    /// `PATH`, and the arguments are left as they are: the worker runs in
+    /// that directory, so `["python3", "worker.py"]` finds a `worker.py`
+    /// next to the file. Nothing else in a configuration is a file path.
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        for process in self.models.iter_mut().filter_map(|m| m.process.as_mut()) {
+            let cwd = match process.cwd.take() {
+                Some(cwd) => dir.join(cwd),
+                None => dir.to_path_buf(),
+            };
+            if let Some(program) = process.command.first_mut()
+                && program.contains('/')
+                && Path::new(program.as_str()).is_relative()
+            {
+                // `./run.sh` becomes `{cwd}/run.sh`, not `{cwd}/./run.sh`.
+                let relative: PathBuf = Path::new(program.as_str())
+                    .components()
+                    .filter(|c| !matches!(c, std::path::Component::CurDir))
+                    .collect();
+                if let Some(joined) = cwd.join(relative).to_str() {
+                    *program = joined.to_string();
+                }
+            }
+            process.cwd = Some(cwd);
+        }
     }
 
     /// The embedded default configuration, validated.
@@ -760,6 +805,54 @@ mod tests {
     fn bad_model_name_is_refused() {
         let e = error("[[models]]\nname = \"a b\"\nbackend = \"simulated\"\n");
         assert_eq!(e.key.as_deref(), Some("models[0].name"));
+    }
+
+    #[test]
+    fn paths_in_a_config_file_resolve_against_its_directory() {
+        let dir = std::env::temp_dir().join(format!("infergate-paths-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let model = |name: &str, process: &str| {
+            format!(
+                "[[models]]\nname = \"{name}\"\nbackend = \"process\"\n[models.process]\n{process}\n"
+            )
+        };
+        let text = [
+            model("plain", "command = [\"python3\", \"worker.py\"]"),
+            model("sub", "command = [\"./run.sh\", \"x\"]\ncwd = \"models/a\""),
+            model("abs", "command = [\"bin/w\"]\ncwd = \"/srv/m\""),
+            model("fixed", "command = [\"/usr/bin/w\", \"a/b\"]"),
+            "[[models]]\nname = \"sim\"\nbackend = \"simulated\"\n".to_string(),
+        ]
+        .concat();
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::from_file(&path).expect("valid");
+        let _ = std::fs::remove_dir_all(&dir);
+        let process = |i: usize| config.models[i].process.as_ref().expect("process");
+
+        // No cwd: the file's directory; a bare program and its arguments
+        // are left alone (the worker runs in that directory).
+        assert_eq!(process(0).cwd.as_deref(), Some(dir.as_path()));
+        assert_eq!(process(0).command, ["python3", "worker.py"]);
+        // A relative cwd joins the file's directory; a relative program
+        // path joins the worker's directory.
+        let sub = dir.join("models/a");
+        assert_eq!(process(1).cwd.as_deref(), Some(sub.as_path()));
+        let program = sub.join("run.sh");
+        assert_eq!(process(1).command, [program.to_str().unwrap(), "x"]);
+        // Absolute paths stay as they are.
+        assert_eq!(process(2).cwd.as_deref(), Some(Path::new("/srv/m")));
+        assert_eq!(process(2).command, ["/srv/m/bin/w"]);
+        assert_eq!(process(3).command, ["/usr/bin/w", "a/b"]);
+        assert!(config.models[4].process.is_none());
+
+        // TOML given as text is not resolved: there is no file.
+        let config = Config::from_toml(&text, "text").unwrap();
+        assert_eq!(config.models[0].process.as_ref().unwrap().cwd, None);
+        assert_eq!(
+            config.models[1].process.as_ref().unwrap().command[0],
+            "./run.sh"
+        );
     }
 
     #[test]

@@ -38,8 +38,23 @@ impl BinaryServer {
         let path =
             std::env::temp_dir().join(format!("infergate-bin-{}-{name}.toml", std::process::id()));
         std::fs::write(&path, config).expect("write the config");
-        let mut child = Command::new(bin())
-            .args(["serve", "--config", path.to_str().expect("utf-8 path")])
+        BinaryServer::start_file(&path, None).await
+    }
+
+    /// Starts the binary on the config file at `path` (relative to `dir`,
+    /// if given; removed when dropped), in the working directory `dir`
+    /// (default: the test's).
+    pub async fn start_file(path: &std::path::Path, dir: Option<&std::path::Path>) -> BinaryServer {
+        let mut command = Command::new(bin());
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
+        command.args(["serve", "--config", path.to_str().expect("utf-8 path")]);
+        let path = match dir {
+            Some(dir) => dir.join(path),
+            None => path.to_path_buf(),
+        };
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
