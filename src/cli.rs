@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::BenchArgs;
 use crate::config::{Config, ConfigError};
@@ -56,6 +56,26 @@ pub struct ServeArgs {
     /// Prometheus /metrics address, overriding [server] metrics_listen.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Log lines on stderr: `text` for people, `json` (one object a line,
+    /// with the call's `request_id` under `span`) for log collectors.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        env = "INFERGATE_LOG_FORMAT",
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How `serve` writes its log lines (set up by the binary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines: time, level, span fields, message, fields.
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, the message and the
+    /// event's fields, `target`, and the span's fields under `span`.
+    Json,
 }
 
 impl ServeArgs {
@@ -100,7 +120,10 @@ pub fn run(cli: Cli) -> ExitCode {
 fn bench(args: &BenchArgs) -> ExitCode {
     let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(code) => return code,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     match runtime.block_on(crate::bench::bench(args)) {
         Ok(report) => {
@@ -128,25 +151,34 @@ fn bench(args: &BenchArgs) -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("infergate-rt")
         .build()
-        .map_err(|e| {
-            eprintln!("error: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        })
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
+    // With JSON logs, stderr holds nothing but JSON lines: the errors that
+    // stop the server are log lines too (an `error` field), not text.
+    let text = args.log_format == LogFormat::Text;
     let config = match args.load() {
         Ok(config) => config,
-        Err(e) => return config_error(&e),
+        Err(e) if text => return config_error(&e),
+        Err(e) => {
+            tracing::error!(error = %e, "config error");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(code) => return code,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            if text {
+                eprintln!("error: cannot start the async runtime: {e}");
+            }
+            return ExitCode::FAILURE;
+        }
     };
     match runtime.block_on(server::serve(&config, server::shutdown_signal())) {
         Ok(()) => {
@@ -155,7 +187,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
         Err(e) => {
             tracing::error!(error = %e, "server failed");
-            eprintln!("error: {e}");
+            if text {
+                eprintln!("error: {e}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -1,5 +1,6 @@
-//! The `infergate` binary itself: config errors exit 78 naming the key, and
-//! SIGTERM drains and exits 0.
+//! The `infergate` binary itself: config errors exit 78 naming the key,
+//! SIGTERM drains and exits 0, and `--log-format json` writes one JSON
+//! object a line, with the call's request id.
 
 mod common;
 
@@ -136,4 +137,135 @@ async fn sigterm_drains_a_running_call_and_exits_zero() {
     assert_eq!(status.code(), Some(0));
     let lines = server.log_lines();
     assert!(lines.iter().any(|l| l.contains("SIGTERM")), "{lines:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_a_line_with_the_request_id() {
+    let config = common::binary::listen_anywhere().to_string()
+        + "[[models]]\nname = \"quick\"\nbackend = \"simulated\"\n[models.simulated]\nlatency_ms = 1\n";
+    // infergate=debug: a "call finished" line for every call.
+    let mut server = common::binary::BinaryServer::start_with(
+        "json-logs",
+        &config,
+        &["--log-format", "json"],
+        "infergate=debug",
+    )
+    .await;
+    let mut call = tonic::Request::new(request("quick", "hello"));
+    call.metadata_mut()
+        .insert("x-request-id", "test-123".parse().expect("metadata"));
+    let answer = server.client().await.generate(call).await.expect("call");
+    assert_eq!(
+        answer.metadata().get("x-request-id").map(|v| v.as_bytes()),
+        Some(&b"test-123"[..])
+    );
+    // A call for a model that is not served logs its refusal, with its id.
+    let mut refused = tonic::Request::new(request("nowhere", "x"));
+    refused
+        .metadata_mut()
+        .insert("x-request-id", "test-456".parse().expect("metadata"));
+    let _ = server.client().await.generate(refused).await;
+
+    let finished = |lines: &[serde_json::Value], id: &str| {
+        lines
+            .iter()
+            .filter(|l| l["message"] == "call finished" && l["span"]["request_id"] == id)
+            .count()
+    };
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let lines: Vec<serde_json::Value> = server
+            .log_lines()
+            .iter()
+            .map(|line| {
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+            })
+            .collect();
+        if finished(&lines, "test-123") == 1 && finished(&lines, "test-456") == 1 {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "no \"call finished\" lines with both request ids: {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for line in &lines {
+        assert!(line.is_object(), "{line}");
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert!(line["level"].is_string(), "{line}");
+        assert!(line["message"].is_string(), "{line}");
+    }
+    let ok = lines
+        .iter()
+        .find(|l| l["message"] == "call finished" && l["span"]["request_id"] == "test-123")
+        .expect("found above");
+    assert_eq!(ok["level"], "DEBUG", "{ok}");
+    assert_eq!(ok["code"], "OK", "{ok}");
+    assert_eq!(ok["method"], "Generate", "{ok}");
+    assert_eq!(ok["span"]["name"], "call", "{ok}");
+    assert_eq!(ok["span"]["model"], "quick", "{ok}");
+    assert!(ok["elapsed_us"].is_u64(), "{ok}");
+    let refused = lines
+        .iter()
+        .find(|l| l["message"] == "call finished" && l["span"]["request_id"] == "test-456")
+        .expect("found above");
+    assert_eq!(refused["code"], "NOT_FOUND", "{refused}");
+    assert!(
+        lines.iter().any(|l| l["message"] == "serving gRPC"),
+        "{lines:#?}"
+    );
+
+    server.terminate();
+    assert_eq!(server.exited(Duration::from_secs(20)).await.code(), Some(0));
+    for line in server.log_lines() {
+        serde_json::from_str::<serde_json::Value>(&line)
+            .unwrap_or_else(|e| panic!("not JSON after shutdown ({e}): {line}"));
+    }
+}
+
+#[test]
+fn with_json_logs_a_config_error_is_a_json_line_too() {
+    let path = write_config(
+        "json-config-error",
+        "[[models]]\nname = \"a\"\nbackend = \"simulated\"\nworkers = 0\n",
+    );
+    let out = Command::new(common::binary::bin())
+        .args(["serve", "--config", path.to_str().expect("utf-8 path")])
+        .env("INFERGATE_LOG_FORMAT", "json")
+        .output()
+        .expect("run infergate");
+    let _ = std::fs::remove_file(path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let error = lines
+        .iter()
+        .find(|l| l["message"] == "config error")
+        .unwrap_or_else(|| panic!("no config error line: {stderr}"));
+    assert_eq!(error["level"], "ERROR", "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("models[0].workers")),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_bad_log_format_is_a_usage_error() {
+    let out = Command::new(common::binary::bin())
+        .args(["serve", "--log-format", "xml"])
+        .env_remove("INFERGATE_LOG_FORMAT")
+        .output()
+        .expect("run infergate");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("text") && stderr.contains("json"),
+        "{stderr}"
+    );
 }

@@ -332,33 +332,132 @@ async fn a_panic_is_counted() {
     );
 }
 
+/// The metric names an expression queries (`infergate_...`), each with
+/// the label matchers that follow it (`None` when none do).
+fn selectors(expr: &str) -> Vec<(&str, Option<&str>)> {
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("infergate_") {
+        let tail = &rest[at..];
+        let len = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let (name, after) = tail.split_at(len);
+        let matchers = after
+            .strip_prefix('{')
+            .and_then(|m| m.split_once('}'))
+            .map(|(m, _)| m);
+        found.push((name, matchers));
+        rest = after;
+    }
+    found
+}
+
+/// The range selectors (`[...]`) of an expression.
+fn ranges(expr: &str) -> Vec<&str> {
+    expr.split('[')
+        .skip(1)
+        .map(|r| r.split(']').next().unwrap_or(r))
+        .collect()
+}
+
+#[test]
+fn dashboard_selectors_and_ranges_are_found() {
+    let expr =
+        r#"sum(rate(infergate_a_total{job=~"$job"}[$__rate_interval])) / infergate_b or vector(0)"#;
+    assert_eq!(
+        selectors(expr),
+        vec![
+            ("infergate_a_total", Some(r#"job=~"$job""#)),
+            ("infergate_b", None)
+        ]
+    );
+    assert_eq!(ranges(expr), vec!["$__rate_interval"]);
+    assert_eq!(ranges("rate(x[5m]) + rate(y[1m])"), vec!["5m", "1m"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_is_importable_and_queries_only_exported_metrics() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/infergate.json");
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard"))
             .expect("valid JSON");
+    // Import asks for the data source (`__inputs`); every panel, query and
+    // query variable uses it. A data source variable of the same name
+    // stands in when the file is provisioned rather than imported.
+    let datasource = serde_json::json!({"type": "prometheus", "uid": "${DS_PROMETHEUS}"});
+    let inputs = dashboard["__inputs"].as_array().expect("__inputs");
+    assert!(
+        inputs.iter().any(|i| i["name"] == "DS_PROMETHEUS"
+            && i["type"] == "datasource"
+            && i["pluginId"] == "prometheus"),
+        "{inputs:?}"
+    );
+    let requires = dashboard["__requires"].as_array().expect("__requires");
+    for (kind, id) in [
+        ("grafana", "grafana"),
+        ("datasource", "prometheus"),
+        ("panel", "timeseries"),
+        ("panel", "stat"),
+    ] {
+        assert!(
+            requires.iter().any(|r| r["type"] == kind && r["id"] == id),
+            "__requires lacks {kind} {id}"
+        );
+    }
     let variables = dashboard["templating"]["list"]
         .as_array()
         .expect("variables");
     let variable = |name: &str| variables.iter().find(|v| v["name"] == name).expect(name);
-    assert_eq!(variable("datasource")["type"], "datasource");
-    assert_eq!(variable("datasource")["query"], "prometheus");
-    assert_eq!(variable("model")["type"], "query");
-    assert_eq!(variable("model")["allValue"], ".*");
+    assert_eq!(variable("DS_PROMETHEUS")["type"], "datasource");
+    assert_eq!(variable("DS_PROMETHEUS")["query"], "prometheus");
+    // job, then instance filtered by job, then model filtered by both: one
+    // replica at a time, or All of them (".*").
+    assert_eq!(
+        variable("job")["query"]["query"],
+        "label_values(infergate_build_info, job)"
+    );
+    assert_eq!(
+        variable("instance")["query"]["query"],
+        r#"label_values(infergate_build_info{job=~"$job"}, instance)"#
+    );
+    assert_eq!(
+        variable("model")["query"]["query"],
+        r#"label_values(infergate_workers{job=~"$job",instance=~"$instance"}, model)"#
+    );
+    let position = |name: &str| variables.iter().position(|v| v["name"] == name);
+    assert!(position("job") < position("instance") && position("instance") < position("model"));
+    for name in ["job", "instance", "model"] {
+        let v = variable(name);
+        assert_eq!(v["type"], "query", "{name}");
+        assert_eq!(v["datasource"], datasource, "{name}");
+        assert_eq!(v["definition"], v["query"]["query"], "{name}");
+        assert_eq!(v["includeAll"], true, "{name}");
+        assert_eq!(v["multi"], true, "{name}");
+        assert_eq!(v["allValue"], ".*", "{name}");
+    }
 
     // m-dash-cache has a response cache (its series exist from start-up);
-    // m-dash-primary (one worker, no queue) passes calls on to it.
+    // m-dash-primary (one worker, no queue) passes calls on to it;
+    // m-dash-crash's worker exits once (a restart); m-dash-openai has two
+    // upstreams (their series).
+    let upstream = common::openai::FakeOpenAi::start().await;
     let config = simulated("m-dash", 200, 1, 1)
         + &simulated("m-dash-primary", 200, 1, 0).replace(
             "queue_capacity = 0\n",
             "queue_capacity = 0\nfallbacks = [\"m-dash-cache\"]\n",
         )
         + &simulated("m-dash-cache", 1, 1, 4)
-        + "[models.cache]\nmax_entries = 16\n";
+        + "[models.cache]\nmax_entries = 16\n"
+        + &common::python_probe("m-dash-crash", 1, "")
+        + &common::openai::openai_model(
+            "m-dash-openai",
+            &[(upstream.url(), "a"), (upstream.url(), "b")],
+        );
     let server = TestServer::start_with_metrics(&config).await;
     // Make the outcome-labelled series exist (a success, a rejection, a
-    // cancellation, a fallback), then read every exported name.
+    // cancellation, a fallback, a restart, upstream requests), then read
+    // every exported name.
     let client = server.client().await;
     generate_text(&client, "m-dash", "x").await.expect("call");
     let holder = spawn_generate(&client, "m-dash-primary", "holds the worker");
@@ -372,6 +471,12 @@ async fn the_dashboard_is_importable_and_queries_only_exported_metrics() {
     generate_text(&client, "m-dash", "")
         .await
         .expect_err("rejected");
+    generate_text(&client, "m-dash-crash", "crash")
+        .await
+        .expect_err("crashed");
+    generate_text(&client, "m-dash-openai", "hello")
+        .await
+        .expect("through an upstream");
     let leaver = spawn_generate(&client, "m-dash", "leaves");
     server.wait_for("m-dash", |m| m.busy_workers == 1).await;
     leaver.abort();
@@ -388,28 +493,62 @@ async fn the_dashboard_is_importable_and_queries_only_exported_metrics() {
         .collect();
     let panels = dashboard["panels"].as_array().expect("panels");
     assert!(panels.len() >= 8);
+    let mut exprs = Vec::new();
     for panel in panels {
-        assert_eq!(
-            panel["datasource"]["uid"], "${datasource}",
-            "{}",
-            panel["title"]
-        );
+        let title = panel["title"].as_str().expect("title");
+        assert_eq!(panel["datasource"], datasource, "{title}");
         for target in panel["targets"].as_array().expect("targets") {
+            assert_eq!(target["datasource"], datasource, "{title}");
             let expr = target["expr"].as_str().expect("expr");
-            for name in expr
-                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .filter(|w| w.starts_with("infergate_"))
-            {
+            exprs.push((title, expr));
+            // Grafana's $__rate_interval (at least four scrapes), never a
+            // fixed range that holds under two samples at a slow scrape.
+            for range in ranges(expr) {
+                assert_eq!(
+                    range, "$__rate_interval",
+                    "panel {title} has a fixed range: {expr}"
+                );
+            }
+            let queried = selectors(expr);
+            assert!(!queried.is_empty(), "panel {title} queries nothing: {expr}");
+            for (name, matchers) in queried {
+                // Every series selector is narrowed to the chosen job and
+                // instance, so replicas are summed only when asked.
+                let matchers = matchers.unwrap_or_default();
+                assert!(
+                    matchers.contains(r#"job=~"$job""#)
+                        && matchers.contains(r#"instance=~"$instance""#),
+                    "panel {title}: {name} lacks the job and instance selectors: {expr}"
+                );
                 let family = ["_bucket", "_sum", "_count"]
                     .iter()
                     .find_map(|suffix| name.strip_suffix(suffix).filter(|f| exported.contains(f)))
                     .unwrap_or(name);
                 assert!(
                     exported.contains(family),
-                    "panel {} queries {name}, which is not exported",
-                    panel["title"]
+                    "panel {title} queries {name}, which is not exported"
                 );
             }
         }
     }
+    // The panels for readiness, restarts and the upstreams.
+    let has = |title: &str, needle: &str| {
+        exprs
+            .iter()
+            .any(|(t, e)| t.contains(title) && e.contains(needle))
+    };
+    assert!(has("Ready workers", "infergate_workers_ready{"));
+    assert!(has(
+        "Worker restarts",
+        "sum by (model, reason) (rate(infergate_worker_restarts_total{"
+    ));
+    assert!(has("Upstreams up", "infergate_upstream_up{"));
+    assert!(has("in flight", "infergate_upstream_inflight{"));
+    assert!(has(
+        "Upstream requests/s",
+        "sum by (model, upstream, code) (rate(infergate_upstream_requests_total{"
+    ));
+    // The error ratio is 0, not empty, when nothing failed (checked
+    // against Prometheus in tests/prometheus_interop.rs).
+    assert!(has("Error ratio", "* 0) / clamp_min("));
 }

@@ -1,6 +1,10 @@
 //! Against the real thing: the scrape passes `promtool check metrics`, and a
 //! real Prometheus server scraping the gateway every second answers every
-//! PromQL expression of `dashboards/infergate.json` with data.
+//! PromQL expression of `dashboards/infergate.json` with data, with its
+//! variables (`$__rate_interval`, `$job`, `$instance`, `$model`) at "All"
+//! and at one job and instance, and with none for another job or
+//! instance; the variables' own queries answer as Grafana needs them; the
+//! error ratio is 0, not empty, for a model whose calls all succeeded.
 //!
 //! Needs Debian's `prometheus` package (`prometheus` and `promtool` on the
 //! PATH): ignored by plain `cargo test`, run by `.ci/run` with `--ignored`.
@@ -16,8 +20,30 @@ use infergate::proto;
 use serde_json::Value;
 use tokio_stream::StreamExt;
 
-/// Grafana's variables, as the test substitutes them.
-const VARIABLES: &[(&str, &str)] = &[("$__rate_interval", "1m"), ("$model", ".*")];
+/// Grafana's variables, as the test substitutes them: `$__rate_interval`
+/// as Grafana makes it for this scrape interval (at least four scrapes),
+/// and the others as "All" (`.*`) or as one chosen value.
+fn grafana_variables<'a>(
+    job: &'a str,
+    instance: &'a str,
+    model: &'a str,
+) -> [(&'static str, &'a str); 4] {
+    [
+        ("$__rate_interval", "1m"),
+        ("$job", job),
+        ("$instance", instance),
+        ("$model", model),
+    ]
+}
+
+/// `expr` with these variables' values.
+fn substitute(expr: &str, variables: &[(&str, &str)]) -> String {
+    let mut expr = expr.to_string();
+    for (variable, value) in variables {
+        expr = expr.replace(variable, value);
+    }
+    expr
+}
 
 /// A Prometheus server on loopback, killed on drop.
 struct Prometheus {
@@ -121,22 +147,74 @@ fn finite(sample: &Value) -> bool {
         .is_some_and(f64::is_finite)
 }
 
-/// Every `expr` of every panel of the dashboard.
-fn dashboard_queries() -> Vec<(String, String)> {
+fn dashboard() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/infergate.json");
-    let dashboard: Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON")
+}
+
+/// Every `expr` of every panel of the dashboard, by panel title, with its
+/// variables as they are in the file.
+fn dashboard_queries() -> Vec<(String, String)> {
     let mut queries = Vec::new();
-    for panel in dashboard["panels"].as_array().expect("panels") {
+    for panel in dashboard()["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().expect("targets") {
-            let mut expr = target["expr"].as_str().expect("expr").to_string();
-            for (variable, value) in VARIABLES {
-                expr = expr.replace(variable, value);
-            }
+            let expr = target["expr"].as_str().expect("expr").to_string();
             queries.push((panel["title"].as_str().unwrap_or("?").to_string(), expr));
         }
     }
     queries
+}
+
+/// The query of a query variable, e.g. `label_values(metric{...}, label)`,
+/// as `(label, match[] selector)`.
+fn variable_query(name: &str) -> (String, String) {
+    let dashboard = dashboard();
+    let variable = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+        .iter()
+        .find(|v| v["name"] == name)
+        .expect(name)
+        .clone();
+    let query = variable["query"]["query"].as_str().expect("query");
+    let inner = query
+        .strip_prefix("label_values(")
+        .and_then(|q| q.strip_suffix(')'))
+        .expect("label_values(...)");
+    let (selector, label) = inner.rsplit_once(',').expect("two arguments");
+    (label.trim().to_string(), selector.trim().to_string())
+}
+
+/// The values of a variable, as Grafana asks Prometheus for them (the
+/// label values API), with the variables it depends on substituted.
+async fn variable_values(
+    prometheus: SocketAddr,
+    name: &str,
+    variables: &[(&str, &str)],
+) -> Vec<String> {
+    let (label, selector) = variable_query(name);
+    let selector = substitute(&selector, variables);
+    let (status, body) = http_get(
+        prometheus,
+        &format!("/api/v1/label/{label}/values?match[]={}", encode(&selector)),
+    )
+    .await;
+    assert_eq!(status, 200, "{name}: {body}");
+    let json: Value = serde_json::from_str(&body).expect("JSON from Prometheus");
+    json["data"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The single value of an instant query's one sample.
+fn only_value(result: &[Value]) -> Option<f64> {
+    match result {
+        [sample] => sample["value"][1].as_str()?.parse().ok(),
+        _ => None,
+    }
 }
 
 /// A greedy (temperature 0, so cacheable) prompt request.
@@ -149,10 +227,29 @@ fn greedy(model: &str, prompt: &str) -> proto::GenerateRequest {
 
 /// Traffic that gives every panel something to show: successes, streams,
 /// a full queue, deadlines, cancellations, unknown models, cache hits,
-/// misses and coalesced calls, fallbacks.
+/// misses and coalesced calls, fallbacks, a worker restart, upstream
+/// requests.
 async fn drive_traffic(server: &TestServer, rounds: usize) {
     let client = server.client().await;
     for round in 0..rounds {
+        // A worker restart: the process worker exits during the call, and
+        // is replaced (the second call waits for it).
+        client
+            .clone()
+            .generate(request("interop-crash", "crash"))
+            .await
+            .expect_err("the worker exits");
+        client
+            .clone()
+            .generate(request("interop-crash", "back"))
+            .await
+            .expect("a new worker");
+        // The OpenAI backend's upstreams (two names, one fake server).
+        client
+            .clone()
+            .generate(request("interop-openai", &format!("r{round}")))
+            .await
+            .expect("through an upstream");
         // The cache: a hit (a miss the first time), and two identical calls
         // at once (a miss and, most often, a coalesced call).
         client
@@ -238,6 +335,7 @@ async fn wait_for_scrapes(prometheus: SocketAddr, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Debian's prometheus package; run by .ci/run"]
 async fn promtool_accepts_the_scrape_and_every_dashboard_query_returns_data() {
+    let upstream = common::openai::FakeOpenAi::start().await;
     let config = simulated("interop", 50, 4, 1)
         + &simulated("interop-slow", 2_000, 1, 4)
         + &simulated("interop-stream", 10, 2, 4)
@@ -247,7 +345,12 @@ async fn promtool_accepts_the_scrape_and_every_dashboard_query_returns_data() {
             "queue_capacity = 0\nfallbacks = [\"interop-cache\"]\n",
         )
         + &simulated("interop-cache", 20, 2, 4)
-        + "[models.cache]\nmax_entries = 64\n";
+        + "[models.cache]\nmax_entries = 64\n"
+        + &common::python_probe("interop-crash", 1, "")
+        + &common::openai::openai_model(
+            "interop-openai",
+            &[(upstream.url(), "a"), (upstream.url(), "b")],
+        );
     let server = TestServer::start_with_metrics(&config).await;
     let metrics_addr = server.metrics_addr.expect("metrics");
 
@@ -304,13 +407,40 @@ async fn promtool_accepts_the_scrape_and_every_dashboard_query_returns_data() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // The variables' queries, as Grafana runs them: job, then instance
+    // (filtered by job), then model (filtered by both).
+    let instance = metrics_addr.to_string();
+    let jobs = variable_values(prometheus.addr, "job", &[]).await;
+    assert_eq!(jobs, ["infergate"]);
+    let instances = variable_values(prometheus.addr, "instance", &[("$job", "infergate")]).await;
+    assert_eq!(instances, std::slice::from_ref(&instance));
+    let none = variable_values(prometheus.addr, "instance", &[("$job", "elsewhere")]).await;
+    assert!(none.is_empty(), "{none:?}");
+    let models = variable_values(
+        prometheus.addr,
+        "model",
+        &[("$job", "infergate"), ("$instance", &instance)],
+    )
+    .await;
+    for model in ["interop-stream", "interop-crash", "interop-openai"] {
+        assert!(models.iter().any(|m| m == model), "{model}: {models:?}");
+    }
+
+    // Every query, with every variable at "All", then with one job and
+    // instance chosen: each returns data.
     let mut empty = Vec::new();
     let queries = dashboard_queries();
-    assert!(queries.len() >= 20, "the dashboard lost its panels");
-    for (panel, expr) in &queries {
-        let result = query(prometheus.addr, expr).await;
-        if !result.iter().any(finite) {
-            empty.push(format!("{panel}: {expr} -> {result:?}"));
+    assert!(queries.len() >= 25, "the dashboard lost its panels");
+    let all = grafana_variables(".*", ".*", ".*");
+    let chosen = grafana_variables("infergate", &instance, ".*");
+    for variables in [&all, &chosen] {
+        for (panel, expr) in &queries {
+            let expr = substitute(expr, variables);
+            assert!(!expr.contains('$'), "a variable left: {expr}");
+            let result = query(prometheus.addr, &expr).await;
+            if !result.iter().any(finite) {
+                empty.push(format!("{panel}: {expr} -> {result:?}"));
+            }
         }
     }
     assert!(
@@ -318,14 +448,48 @@ async fn promtool_accepts_the_scrape_and_every_dashboard_query_returns_data() {
         "dashboard queries without data:\n{}",
         empty.join("\n")
     );
+    // Another job or instance: no data (the selectors narrow every query).
+    for variables in [
+        grafana_variables("elsewhere", ".*", ".*"),
+        grafana_variables(".*", "127.0.0.1:1", ".*"),
+    ] {
+        for (panel, expr) in &queries {
+            let expr = substitute(expr, &variables);
+            let result = query(prometheus.addr, &expr).await;
+            // `... or vector(0)` is all a query may have then.
+            assert!(
+                result
+                    .iter()
+                    .all(|s| s["metric"].as_object().is_some_and(|m| m.is_empty())
+                        && s["value"][1] == "0"),
+                "{panel}: {expr} -> {result:?}"
+            );
+        }
+    }
 
-    // The model variable's query (label_values) through the label API.
-    let (status, body) = http_get(
-        prometheus.addr,
-        "/api/v1/label/model/values?match[]=infergate_workers",
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert!(body.contains("interop-stream"), "{body}");
-    eprintln!("{} dashboard queries answered with data", queries.len());
+    // The error ratio: 0, not empty, for a model whose calls all succeeded;
+    // above 0 for one whose calls failed (deadlines).
+    let (_, ratio) = queries
+        .iter()
+        .find(|(panel, _)| panel == "Error ratio")
+        .expect("the error ratio panel");
+    for model in ["interop-stream", "interop-openai"] {
+        let expr = substitute(ratio, &grafana_variables("infergate", &instance, model));
+        let result = query(prometheus.addr, &expr).await;
+        assert_eq!(only_value(&result), Some(0.0), "{expr} -> {result:?}");
+        assert_eq!(result[0]["metric"]["model"], model);
+    }
+    let expr = substitute(
+        ratio,
+        &grafana_variables("infergate", &instance, "interop-slow"),
+    );
+    let result = query(prometheus.addr, &expr).await;
+    assert!(
+        only_value(&result).is_some_and(|r| r > 0.0 && r <= 1.0),
+        "{expr} -> {result:?}"
+    );
+    eprintln!(
+        "{} dashboard queries answered with data, twice",
+        queries.len()
+    );
 }

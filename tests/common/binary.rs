@@ -35,27 +35,52 @@ impl BinaryServer {
     /// Starts the binary on `config` (a TOML text whose `[server]` listens
     /// on port 0; see [`listen_anywhere`]), waiting for its addresses.
     pub async fn start(name: &str, config: &str) -> BinaryServer {
+        BinaryServer::start_with(name, config, &[], "info").await
+    }
+
+    /// [`BinaryServer::start`] with extra `serve` flags and this
+    /// `RUST_LOG`. The addresses are read from text or JSON log lines.
+    pub async fn start_with(
+        name: &str,
+        config: &str,
+        flags: &[&str],
+        rust_log: &str,
+    ) -> BinaryServer {
         let path =
             std::env::temp_dir().join(format!("infergate-bin-{}-{name}.toml", std::process::id()));
         std::fs::write(&path, config).expect("write the config");
-        BinaryServer::start_file(&path, None).await
+        BinaryServer::start_file_with(&path, None, flags, rust_log).await
     }
 
     /// Starts the binary on the config file at `path` (relative to `dir`,
     /// if given; removed when dropped), in the working directory `dir`
     /// (default: the test's).
     pub async fn start_file(path: &std::path::Path, dir: Option<&std::path::Path>) -> BinaryServer {
+        BinaryServer::start_file_with(path, dir, &[], "info").await
+    }
+
+    /// [`BinaryServer::start_file`] with extra `serve` flags and this
+    /// `RUST_LOG`.
+    async fn start_file_with(
+        path: &std::path::Path,
+        dir: Option<&std::path::Path>,
+        flags: &[&str],
+        rust_log: &str,
+    ) -> BinaryServer {
         let mut command = Command::new(bin());
         if let Some(dir) = dir {
             command.current_dir(dir);
         }
-        command.args(["serve", "--config", path.to_str().expect("utf-8 path")]);
+        command
+            .args(["serve", "--config", path.to_str().expect("utf-8 path")])
+            .args(flags);
         let path = match dir {
             Some(dir) => dir.join(path),
             None => path.to_path_buf(),
         };
         let mut child = command
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
+            .env_remove("INFERGATE_LOG_FORMAT")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -67,9 +92,11 @@ impl BinaryServer {
             let log = log.clone();
             move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.split("addr=").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                        let _ = addr_tx.send((line.contains("serving gRPC"), addr));
+                    let grpc = line.contains("serving gRPC");
+                    if (grpc || line.contains("serving Prometheus metrics"))
+                        && let Some(addr) = logged_addr(&line)
+                    {
+                        let _ = addr_tx.send((grpc, addr));
                     }
                     log.lock().expect("log lock").push(line);
                 }
@@ -163,4 +190,14 @@ impl Drop for BinaryServer {
 /// The `[server]` table of a binary under test: both listeners on port 0.
 pub fn listen_anywhere() -> &'static str {
     "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n"
+}
+
+/// The `addr` field of a log line: `addr=ADDR` (text) or `"addr":"ADDR"`
+/// (JSON).
+fn logged_addr(line: &str) -> Option<String> {
+    if let Some(rest) = line.split("\"addr\":\"").nth(1) {
+        return rest.split('"').next().map(str::to_string);
+    }
+    let rest = line.split("addr=").nth(1)?;
+    Some(rest.split_whitespace().next().unwrap_or("").to_string())
 }

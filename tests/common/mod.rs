@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this file
 
 pub mod binary;
+pub mod openai;
 pub mod raw;
 
 use std::net::SocketAddr;
