@@ -1,17 +1,21 @@
-//! The command line: `serve`, `check-config` and `bench`.
+//! The command line: `serve`, `check-config`, `bench` and `health`.
 //!
 //! Exit codes: 0 on a clean stop (including after SIGTERM), 78 (EX_CONFIG)
 //! for a configuration that cannot be used, 64 (EX_USAGE) for bench flags
-//! or a bench target that cannot be used, 1 when the server fails.
+//! or a bench target that cannot be used, 1 when the server fails. `health`
+//! exits 0 for `SERVING`, 1 for anything else, 64 for an address that is
+//! not host:port.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::bench::BenchArgs;
 use crate::config::{Config, ConfigError};
+use crate::health::{HealthArgs, HealthError};
 use crate::server;
 
 /// Exit code for an unusable configuration (sysexits.h EX_CONFIG).
@@ -42,6 +46,9 @@ pub enum Command {
     },
     /// Load-test a gateway, ghz-style (e.g. `bench 127.0.0.1:50051 -c 50 -n 1000`).
     Bench(BenchArgs),
+    /// One grpc.health.v1 Check: prints the status, exits 0 for SERVING and
+    /// 1 otherwise (for a container HEALTHCHECK; no shell or grpcurl needed).
+    Health(HealthArgs),
 }
 
 /// Flags of `serve`.
@@ -114,6 +121,39 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::CheckConfig { file } => check_config(&file),
         Command::Bench(args) => bench(&args),
+        Command::Health(args) => health(&args),
+    }
+}
+
+fn health(args: &HealthArgs) -> ExitCode {
+    // One call: a single-threaded runtime is enough.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::health::check(args)) {
+        Ok(status) => {
+            println!("{}", status.as_str_name());
+            if status == ServingStatus::Serving {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(HealthError::Usage(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(HealthError::Unhealthy(e)) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 //! The embedding API (for serving custom backends from Rust) is what is
 //! `pub`: [`config`], [`backend`], [`gateway`], [`server`], [`metrics`],
 //! [`error`], [`deadline`], [`outcome`], [`proto`], and the command line
-//! ([`cli`], [`bench`]). The rest is `pub(crate)`.
+//! ([`cli`], [`bench`], [`health`]). The rest is `pub(crate)`.
 //!
 //! Modules:
 //! - [`config`]: the configuration file, defaults and validation
@@ -36,6 +36,8 @@
 //! - `connection`: connection caps, idle timeouts and the fd limit of both
 //!   listeners
 //! - [`bench`]: `infergate bench`, the ghz-compatible load generator
+//! - [`health`]: `infergate health`, one grpc.health.v1 Check (for a
+//!   container HEALTHCHECK)
 //! - [`cli`]: the command line
 
 pub mod backend;
@@ -49,6 +51,7 @@ pub(crate) mod connection;
 pub mod deadline;
 pub mod error;
 pub mod gateway;
+pub mod health;
 pub mod metrics;
 pub mod outcome;
 pub(crate) mod pool;
