@@ -31,6 +31,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per process: the size of the bench flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the gateway (the embedded default models without --config).
@@ -98,13 +100,23 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn bench(args: &BenchArgs) -> ExitCode {
-    let runtime = match runtime() {
+    let settings = match args.resolve() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    for warning in &settings.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let runtime = match runtime(settings.cpus) {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
-    match runtime.block_on(crate::bench::bench(args)) {
+    match runtime.block_on(crate::bench::run_settings(&settings)) {
         Ok(report) => {
-            let written = match &args.output {
+            let written = match &settings.output {
                 Some(path) => {
                     std::fs::write(path, report).map_err(|e| format!("{}: {e}", path.display()))
                 }
@@ -128,8 +140,13 @@ fn bench(args: &BenchArgs) -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
+/// The async runtime: `threads` worker threads, or one per core.
+fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads);
+    }
+    builder
         .enable_all()
         .thread_name("infergate-rt")
         .build()
@@ -144,7 +161,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Ok(config) => config,
         Err(e) => return config_error(&e),
     };
-    let runtime = match runtime() {
+    let runtime = match runtime(None) {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
