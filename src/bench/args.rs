@@ -151,6 +151,12 @@ pub struct BenchArgs {
     /// Threads of the load generator's runtime [default: all cores].
     #[arg(long)]
     pub cpus: Option<usize>,
+    /// No-op (accepted for ghz): answers of any size are read.
+    #[arg(long = "max-recv-message-size", value_name = "SIZE", hide = true)]
+    pub max_recv_message_size: Option<String>,
+    /// No-op (accepted for ghz): requests of any size are sent.
+    #[arg(long = "max-send-message-size", value_name = "SIZE", hide = true)]
+    pub max_send_message_size: Option<String>,
     /// No-op (accepted for ghz): no reflection is needed.
     #[arg(long = "reflect-metadata", hide = true)]
     pub reflect_metadata: Option<String>,

@@ -17,8 +17,9 @@ use crate::bench::args::{Format, parse_duration};
 use crate::bench::stop::DurationStop;
 
 /// Keys accepted and ignored: they only matter to ghz.
-const IGNORED: [&str; 14] = [
-    "proto",
+const IGNORED: [&str; 16] = [
+    "max-recv-message-size",
+    "max-send-message-size",
     "protoset",
     "import-paths",
     "insecure",
@@ -32,6 +33,7 @@ const IGNORED: [&str; 14] = [
     "concurrency-end",
     "concurrency-step",
     "concurrency-step-duration",
+    "concurrency-max-duration",
 ];
 
 /// The values a config file sets.

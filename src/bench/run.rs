@@ -121,7 +121,11 @@ pub async fn run(plan: Arc<Plan>, progress: Progress) -> Outcome {
     };
     let total = start.elapsed();
     done.cancel();
-    let end_reason = watcher.await.unwrap_or(EndReason::Normal);
+    let end_reason = match watcher.await.unwrap_or(EndReason::Normal) {
+        // The workers saw the deadline pass before its timer fired.
+        EndReason::Normal if plan.deadline.is_some_and(|d| total >= d) => EndReason::Timeout,
+        reason => reason,
+    };
     progress.finish();
     Outcome {
         samples,
@@ -189,7 +193,9 @@ async fn workers(
     for worker in 0..plan.concurrency.max(1) {
         let plan = plan.clone();
         let issued = issued.clone();
-        let stop = stop.clone();
+        // A worker's own child token: waiting on it per call contends with
+        // no other worker.
+        let stop = stop.child_token();
         let progress = progress.clone();
         callers.spawn(async move {
             let mut client = client(&plan, worker);
