@@ -39,34 +39,59 @@ const IGNORED: [&str; 16] = [
 /// The values a config file sets.
 #[derive(Debug, Default)]
 pub struct ConfigFile {
+    /// "call".
     pub call: Option<String>,
+    /// "host".
     pub host: Option<String>,
+    /// "proto" (recorded in the report only).
     pub proto: Option<String>,
+    /// "total".
     pub total: Option<u64>,
+    /// "concurrency".
     pub concurrency: Option<usize>,
+    /// "connections".
     pub connections: Option<usize>,
+    /// "rps".
     pub rps: Option<f64>,
+    /// "async".
     pub is_async: bool,
+    /// "duration".
     pub duration: Option<Duration>,
+    /// "max-duration".
     pub max_duration: Option<Duration>,
+    /// "duration-stop".
     pub duration_stop: Option<DurationStop>,
+    /// "timeout".
     pub timeout: Option<Duration>,
+    /// "connect-timeout".
     pub connect_timeout: Option<Duration>,
+    /// "keepalive".
     pub keepalive: Option<Duration>,
     /// "data" as JSON text.
     pub data: Option<String>,
+    /// "data-file".
     pub data_file: Option<PathBuf>,
+    /// "binary-file".
     pub binary_file: Option<PathBuf>,
     /// "metadata" as JSON text.
     pub metadata: Option<String>,
+    /// "metadata-file".
     pub metadata_file: Option<PathBuf>,
+    /// "format".
     pub format: Option<Format>,
+    /// "output".
     pub output: Option<PathBuf>,
+    /// "name".
     pub name: Option<String>,
+    /// "tags".
     pub tags: Option<Value>,
+    /// "skipFirst".
     pub skip_first: Option<u64>,
+    /// "count-errors".
     pub count_errors: bool,
+    /// "cpus".
     pub cpus: Option<usize>,
+    /// "authority".
     pub authority: Option<String>,
     /// What was accepted but not honoured, for the user.
     pub warnings: Vec<String>,

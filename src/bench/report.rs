@@ -22,17 +22,25 @@ const BAR_WIDTH: usize = 40;
 
 /// Everything a report shows, computed once.
 pub struct Report {
+    /// Calls reported.
     pub count: usize,
+    /// Wall time of the run.
     pub total: Duration,
+    /// Mean latency.
     pub average: Duration,
+    /// Lowest latency.
     pub fastest: Duration,
+    /// Highest latency.
     pub slowest: Duration,
+    /// Calls per second (count over total).
     pub rps: f64,
     /// (percentage, latency), over the OK calls.
     pub latency_distribution: Vec<(u32, Duration)>,
     /// (upper mark, count), over the OK calls.
     pub histogram: Vec<(Duration, usize)>,
+    /// Calls by status, Go's names.
     pub status_codes: BTreeMap<&'static str, usize>,
+    /// Calls by error, as grpc-go prints it.
     pub errors: BTreeMap<String, usize>,
     /// Sum of the server-reported backend time of all calls.
     pub backend_total: Duration,

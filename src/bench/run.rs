@@ -78,9 +78,13 @@ impl EndReason {
 
 /// What to run.
 pub struct Plan {
+    /// The method.
     pub call: Call,
+    /// The request messages.
     pub messages: Messages,
+    /// The request metadata.
     pub metadata: Metadata,
+    /// The connections, shared round-robin by the workers.
     pub channels: Vec<Channel>,
     /// Workers (`-c`).
     pub concurrency: usize,
@@ -88,6 +92,7 @@ pub struct Plan {
     pub total: Option<u64>,
     /// When to stop issuing calls (`-z` or `-x`), from the start.
     pub deadline: Option<Duration>,
+    /// What happens to the calls in flight at the end (`--duration-stop`).
     pub duration_stop: DurationStop,
     /// Calls per second in all.
     pub rps: Option<f64>,
@@ -101,10 +106,13 @@ pub struct Plan {
 
 /// The outcome of a run.
 pub struct Outcome {
+    /// The calls reported, by start.
     pub samples: Vec<Sample>,
     /// From the start to the end of the last call reported.
     pub total: Duration,
+    /// Why the run ended.
     pub end_reason: EndReason,
+    /// When the run started.
     pub started_at: SystemTime,
 }
 

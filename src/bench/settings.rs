@@ -21,6 +21,7 @@ pub const DEFAULT_DATA: &str = r#"{"model":"echo","prompt":"hello"}"#;
 pub struct Settings {
     /// host:port.
     pub target: String,
+    /// The method (`--call`).
     pub call: Call,
     /// The request data, JSON text (maybe templated).
     pub data: String,
@@ -28,6 +29,7 @@ pub struct Settings {
     pub binary: Option<Vec<u8>>,
     /// The metadata, JSON text (maybe templated).
     pub metadata: Option<String>,
+    /// Workers (`-c`).
     pub concurrency: usize,
     /// `-n`; `None` with `-z` (until the duration runs out).
     pub total: Option<u64>,
@@ -35,24 +37,37 @@ pub struct Settings {
     pub duration: Option<Duration>,
     /// `-x`.
     pub max_duration: Option<Duration>,
+    /// What happens to the calls in flight at the end (`--duration-stop`).
     pub duration_stop: DurationStop,
     /// Calls per second in all; `None`: no limit.
     pub rps: Option<f64>,
     /// `--async` with `--rps`: the open loop.
     pub open_loop: bool,
+    /// HTTP/2 connections (`--connections`).
     pub connections: usize,
     /// Each call's deadline; `None` for none (`-t 0`).
     pub timeout: Option<Duration>,
+    /// Time allowed to open a connection (`--connect-timeout`).
     pub connect_timeout: Duration,
+    /// HTTP/2 keepalive interval (`--keepalive`); `None`: off.
     pub keepalive: Option<Duration>,
+    /// The `:authority` of every call (`--authority`).
     pub authority: Option<String>,
+    /// The report format (`-O`).
     pub format: Format,
+    /// Where the report goes (`-o`); `None`: stdout.
     pub output: Option<PathBuf>,
+    /// The run's name (`--name`).
     pub name: Option<String>,
+    /// Tags for the JSON report (`--tags`).
     pub tags: Option<Value>,
+    /// Finished calls left out of the report (`--skipFirst`).
     pub skip_first: u64,
+    /// Failed calls count in the latency figures (`--count-errors`).
     pub count_errors: bool,
+    /// Runtime threads (`--cpus`); `None`: one per core.
     pub cpus: Option<usize>,
+    /// Per-call details in the JSON report (not `--no-details`).
     pub details: bool,
     /// `--proto`, recorded in the report's options as ghz does.
     pub proto: Option<String>,
