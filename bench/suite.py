@@ -58,8 +58,11 @@ class Suite:
         taskset); returns the report, with the generator's own CPU use
         (cores: CPU seconds over wall seconds) as `generatorCores`."""
         path = os.path.join(self.workdir, f"{name}.json")
+        # --duration-stop wait: a -z run counts every call it started to its
+        # end (ghz's default, close, would cancel the calls in flight when
+        # -z runs out and count them as Canceled errors).
         command = [*prefix, self.args.infergate, "bench", target, "-d", json.dumps(data),
-                   "--format", "json", "-o", path, "--name", name, *flags]
+                   "--format", "json", "-o", path, "--name", name, "--duration-stop", "wait", *flags]
         if not details:
             command.append("--no-details")
         _, cpu, wall = run_timed(command, check=True, cwd=ROOT)
@@ -247,7 +250,10 @@ p50 {self.ms(r['latencyDistribution'][2]['latency']):.1f} ms, p99 {self.ms(r['la
         seconds = 3 if self.smoke else 20
         gateway, metrics_port, gw = self.start_gateway([model("sat", 50, 32, 64)], "s4-gateway")
         data = {"model": "sat", "prompt": "x"}
-        self.bench(gateway, data, "--rps", "400", "-z", "1s", name="s4-warmup")
+        # --async: the open loop (calls start on schedule however many run;
+        # latency from the scheduled start), not ghz's --rps pacing of -c
+        # workers.
+        self.bench(gateway, data, "--rps", "400", "--async", "-z", "1s", name="s4-warmup")
         # Little's law, L = X W, in the open loop: L is the gateway's own
         # in-flight gauge sampled during the run, X the achieved rate, W the
         # client's mean latency (from each call's scheduled start). The
@@ -266,7 +272,7 @@ p50 {self.ms(r['latencyDistribution'][2]['latency']):.1f} ms, p99 {self.ms(r['la
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:
-            r = self.bench(gateway, data, "--rps", "400", "-z", f"{seconds}s", name="s4")
+            r = self.bench(gateway, data, "--rps", "400", "--async", "-z", f"{seconds}s", name="s4")
         finally:
             done.set()
             sampler.join()

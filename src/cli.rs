@@ -35,6 +35,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once per process: the size of the bench flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the gateway (the embedded default models without --config).
@@ -158,16 +160,26 @@ fn health(args: &HealthArgs) -> ExitCode {
 }
 
 fn bench(args: &BenchArgs) -> ExitCode {
-    let runtime = match runtime() {
+    let settings = match args.resolve() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    for warning in &settings.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let runtime = match runtime(settings.cpus) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(crate::bench::bench(args)) {
+    match runtime.block_on(crate::bench::run_settings(&settings)) {
         Ok(report) => {
-            let written = match &args.output {
+            let written = match &settings.output {
                 Some(path) => {
                     std::fs::write(path, report).map_err(|e| format!("{}: {e}", path.display()))
                 }
@@ -191,11 +203,13 @@ fn bench(args: &BenchArgs) -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("infergate-rt")
-        .build()
+/// The async runtime: `threads` worker threads, or one per core.
+fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime, std::io::Error> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all().thread_name("infergate-rt").build()
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
@@ -210,7 +224,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match runtime() {
+    let runtime = match runtime(None) {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");

@@ -160,8 +160,9 @@ def bench_summary(stdout):
 def flood(port, metrics_port, pid, n, binary, hold):
     bench = [binary, "bench", f"127.0.0.1:{port}", "-c", "1", "--format", "json", "--no-details"]
     # A client connected before the flood, calling 50 times a second
-    # throughout it.
-    existing = subprocess.Popen(bench + ["--rps", "50", "-z", f"{int(hold) + 5}s"],
+    # throughout it (--async: on schedule, however long a call takes;
+    # --duration-stop wait: its last calls count to their end).
+    existing = subprocess.Popen(bench + ["--rps", "50", "--async", "--duration-stop", "wait", "-z", f"{int(hold) + 5}s"],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     time.sleep(1.0)
     workers = []

@@ -1,57 +1,86 @@
 //! `infergate bench`: a ghz-compatible load generator for infergate.
 //!
-//! ghz's flags where they mean the same (`-c`, `-n`, `-z`, `--rps`,
-//! `--connections`, `-t`, `-m`, `-d`, `--call`), a live progress bar on a
-//! terminal, ghz's summary and JSON report, plus the overlap that ghz
-//! cannot show: the server-reported backend time over the wall time.
+//! ghz's command line runs unchanged (its flags, its `--config` files, its
+//! call templates, its report formats), with a live progress bar on a
+//! terminal, plus the overlap that ghz cannot show: the server-reported
+//! backend time over the wall time. `docs/benchmarking.md` maps every ghz
+//! flag.
 //!
 //! - [`args`]: the flags
-//! - [`data`]: the method, `-d` requests and `-m` metadata
-//! - [`run`]: closed and open loops over the connections
-//! - [`report`]: summary and JSON
+//! - [`config`]: ghz's config file
+//! - [`settings`]: flags over config over defaults
+//! - [`call`]: the methods
+//! - [`template`] and [`calldata`]: ghz's call templates and their values
+//! - [`data`]: the request messages (JSON), [`binary`]: binary ones;
+//!   [`metadata`]: the request metadata
+//! - [`run`]: the workers, `--rps` pacing and the open loop
+//! - [`stop`]: the calls in flight at the end (`--duration-stop`)
+//! - [`report`]: summary and JSON; [`csv`], [`html`]; [`output`] picks one
 //! - [`progress`]: the progress bar
 
 pub mod args;
+pub mod binary;
+pub mod call;
+pub mod calldata;
+pub mod config;
+pub mod csv;
 pub mod data;
+pub mod html;
+pub mod metadata;
+pub mod output;
 pub mod progress;
 pub mod report;
 pub mod run;
+pub mod settings;
+pub mod stop;
+pub mod template;
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use serde_json::{Value, json};
 use tonic::transport::Endpoint;
 
 pub use args::{BenchArgs, Format};
+use calldata::CallData;
+use data::Messages;
+use metadata::Metadata;
 use progress::Progress;
-use report::Report;
-use run::Plan;
+use run::{Outcome, Plan};
+pub use settings::Settings;
 
 /// Runs a load test as the flags say; returns the report text, or what is
 /// wrong with the flags or the target.
 pub async fn bench(args: &BenchArgs) -> Result<String, String> {
-    let call = data::Call::parse(&args.call)?;
-    let requests = data::requests(&args.data)?;
-    let metadata = data::metadata(args.metadata.as_deref())?;
-    if args.concurrency == 0 {
-        return Err("-c must be at least 1".into());
-    }
-    if args.connections == 0 {
-        return Err("--connections must be at least 1".into());
-    }
-    if args.rps.is_some_and(|rps| !(rps > 0.0 && rps.is_finite())) {
-        return Err("--rps must be a positive number".into());
-    }
-    let target = args
-        .target
-        .strip_prefix("http://")
-        .unwrap_or(&args.target)
-        .to_string();
-    let mut channels = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        let endpoint = Endpoint::from_shared(format!("http://{target}"))
+    run_settings(&args.resolve()?).await
+}
+
+/// Runs a load test with resolved settings; returns the report text.
+pub async fn run_settings(settings: &Settings) -> Result<String, String> {
+    let worker_ids = worker_ids(settings);
+    let sample = CallData::new(settings.call, &worker_ids[0], 0, SystemTime::now());
+    let messages = match &settings.binary {
+        Some(bytes) => Messages::fixed(binary::messages(bytes)?),
+        None => Messages::parse(&settings.data, &sample)?,
+    };
+    let metadata = Metadata::parse(settings.metadata.as_deref(), &sample)?;
+    let target = &settings.target;
+    let mut channels = Vec::with_capacity(settings.connections);
+    for _ in 0..settings.connections {
+        let mut endpoint = Endpoint::from_shared(format!("http://{target}"))
             .map_err(|e| format!("{target}: not a host:port ({e})"))?
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .connect_timeout(settings.connect_timeout);
+        if let Some(keepalive) = settings.keepalive {
+            endpoint = endpoint
+                .http2_keep_alive_interval(keepalive)
+                .keep_alive_timeout(keepalive);
+        }
+        if let Some(authority) = &settings.authority {
+            let origin = format!("http://{authority}")
+                .parse()
+                .map_err(|e| format!("--authority {authority:?}: {e}"))?;
+            endpoint = endpoint.origin(origin);
+        }
         channels.push(
             endpoint
                 .connect()
@@ -60,49 +89,53 @@ pub async fn bench(args: &BenchArgs) -> Result<String, String> {
         );
     }
     let plan = Arc::new(Plan {
-        call,
-        requests: Arc::new(requests),
+        call: settings.call,
+        messages,
         metadata,
         channels,
-        concurrency: args.concurrency,
-        total: args.total,
-        duration: args.duration,
-        rps: args.rps,
-        timeout: args.timeout,
+        concurrency: settings.concurrency,
+        total: settings.total,
+        deadline: settings.deadline(),
+        duration_stop: settings.duration_stop,
+        rps: settings.rps,
+        open_loop: settings.open_loop,
+        timeout: settings.timeout,
+        worker_ids,
     });
-    let progress = Progress::new(args.duration.is_none().then_some(args.total), args.duration);
-    let outcome = run::run(plan, progress).await;
-    let report = Report::new(&outcome);
-    Ok(match args.format {
-        Format::Summary => report.summary(),
-        Format::Json => {
-            let json = report.json(
-                &outcome,
-                args.name.as_deref(),
-                options(args, &target, call),
-                !args.no_details,
-            );
-            let mut text = json.to_string();
-            text.push('\n');
-            text
-        }
-    })
+    let progress = Progress::new(
+        settings.total,
+        settings
+            .total
+            .is_none()
+            .then_some(settings.duration)
+            .flatten(),
+    );
+    let mut outcome = run::run(plan, progress).await;
+    skip_first(&mut outcome, settings.skip_first);
+    Ok(output::render(settings, &outcome))
 }
 
-/// The run's options, as ghz records them.
-fn options(args: &BenchArgs, target: &str, call: data::Call) -> Value {
-    let ns = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-    json!({
-        "call": call.full_name(),
-        "host": target,
-        "insecure": true,
-        "total": args.total,
-        "concurrency": args.concurrency,
-        "connections": args.connections,
-        "rps": args.rps.unwrap_or(0.0),
-        "duration": args.duration.map_or(0, ns),
-        "timeout": ns(args.timeout),
-        "data": serde_json::from_str::<Value>(&args.data).unwrap_or(Value::Null),
-        "metadata": args.metadata.as_deref().and_then(|m| serde_json::from_str::<Value>(m).ok()),
-    })
+/// ghz's worker IDs: `g<worker>c<connection>`, after `<name>:` if named.
+fn worker_ids(settings: &Settings) -> Vec<String> {
+    let prefix = settings
+        .name
+        .as_deref()
+        .map(|name| format!("{name}:"))
+        .unwrap_or_default();
+    (0..settings.concurrency.max(1))
+        .map(|w| format!("{prefix}g{w}c{}", w % settings.connections.max(1)))
+        .collect()
+}
+
+/// Leaves the first `n` calls to finish out of the report, as ghz's
+/// `--skipFirst` leaves out the first results it receives.
+fn skip_first(outcome: &mut Outcome, n: u64) {
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    if n == 0 {
+        return;
+    }
+    let samples = &mut outcome.samples;
+    samples.sort_by_key(|s| s.start + s.latency);
+    samples.drain(..n.min(samples.len()));
+    samples.sort_by_key(|s| s.start);
 }

@@ -1,7 +1,8 @@
 //! The report of a run: ghz's summary and ghz's JSON schema (durations in
 //! integer nanoseconds), plus what ghz cannot show: the overlap, i.e. the
 //! server-reported backend time over the wall time, and the server-side
-//! queue wait.
+//! queue wait. The CSV and HTML forms are in [`crate::bench::csv`] and
+//! [`crate::bench::html`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -21,17 +22,25 @@ const BAR_WIDTH: usize = 40;
 
 /// Everything a report shows, computed once.
 pub struct Report {
+    /// Calls reported.
     pub count: usize,
+    /// Wall time of the run.
     pub total: Duration,
+    /// Mean latency.
     pub average: Duration,
+    /// Lowest latency.
     pub fastest: Duration,
+    /// Highest latency.
     pub slowest: Duration,
+    /// Calls per second (count over total).
     pub rps: f64,
     /// (percentage, latency), over the OK calls.
     pub latency_distribution: Vec<(u32, Duration)>,
     /// (upper mark, count), over the OK calls.
     pub histogram: Vec<(Duration, usize)>,
+    /// Calls by status, Go's names.
     pub status_codes: BTreeMap<&'static str, usize>,
+    /// Calls by error, as grpc-go prints it.
     pub errors: BTreeMap<String, usize>,
     /// Sum of the server-reported backend time of all calls.
     pub backend_total: Duration,
@@ -40,12 +49,13 @@ pub struct Report {
 }
 
 impl Report {
-    /// Computes the report of a run.
-    pub fn new(outcome: &Outcome) -> Self {
+    /// Computes the report of a run. The latency figures count the OK calls
+    /// only, as ghz does, unless `count_errors` (ghz's `--count-errors`).
+    pub fn new(outcome: &Outcome, count_errors: bool) -> Self {
         let samples = &outcome.samples;
         let mut ok: Vec<Duration> = samples
             .iter()
-            .filter(|s| s.code == Code::Ok)
+            .filter(|s| count_errors || s.code == Code::Ok)
             .map(|s| s.latency)
             .collect();
         ok.sort_unstable();
@@ -118,10 +128,13 @@ impl Report {
     }
 
     /// The summary, as ghz prints it, plus the overlap.
-    pub fn summary(&self) -> String {
+    pub fn summary(&self, name: Option<&str>) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = writeln!(out, "\nSummary:");
+        if let Some(name) = name {
+            let _ = writeln!(out, "  Name:\t{name}");
+        }
         let _ = writeln!(out, "  Count:\t{}", self.count);
         let _ = writeln!(out, "  Total:\t{}", human(self.total));
         let _ = writeln!(out, "  Slowest:\t{}", human(self.slowest));
@@ -289,7 +302,7 @@ pub fn go_code_name(code: Code) -> &'static str {
 }
 
 /// A failed call as grpc-go prints its error.
-fn error_string(sample: &Sample) -> Option<String> {
+pub fn error_string(sample: &Sample) -> Option<String> {
     let message = sample.error.as_ref()?;
     Some(format!(
         "rpc error: code = {} desc = {message}",
@@ -297,7 +310,8 @@ fn error_string(sample: &Sample) -> Option<String> {
     ))
 }
 
-fn human(d: Duration) -> String {
+/// A duration as the summary shows it: `12.34 ms` or `1.23 s`.
+pub fn human(d: Duration) -> String {
     if d >= Duration::from_secs(1) {
         format!("{:.2} s", d.as_secs_f64())
     } else {
@@ -362,7 +376,7 @@ mod tests {
             end_reason: EndReason::Normal,
             started_at: UNIX_EPOCH,
         };
-        let report = Report::new(&outcome);
+        let report = Report::new(&outcome, false);
         assert_eq!(report.count, 101);
         assert_eq!(report.fastest, Duration::from_millis(1));
         assert_eq!(report.slowest, Duration::from_millis(100));
@@ -393,7 +407,7 @@ mod tests {
         );
         assert_eq!(json["latencyDistribution"][2]["latency"], 50_000_000u64);
         assert_eq!(json["details"].as_array().unwrap().len(), 101);
-        assert!(report.summary().contains("Requests/sec:\t202.00"));
+        assert!(report.summary(None).contains("Requests/sec:\t202.00"));
     }
 
     #[test]
