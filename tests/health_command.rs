@@ -43,6 +43,15 @@ async fn health_exits_0_when_serving_and_1_otherwise() {
     );
     let server = BinaryServer::start("health-command", &config).await;
     let addr = server.addr.as_str();
+    // A model turns SERVING once a worker has its backend up: a moment
+    // after the listener on a loaded machine.
+    let mut checks = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    common::wait_for_health(
+        &mut checks,
+        "echo",
+        tonic_health::pb::health_check_response::ServingStatus::Serving,
+    )
+    .await;
 
     for service in ["", "echo"] {
         let out = health(&["--addr", addr, "--service", service]).await;

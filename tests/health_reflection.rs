@@ -21,6 +21,12 @@ async fn health_reports_the_server_and_each_model() {
     let mut server =
         TestServer::start(&(simulated("alpha", 0, 1, 1) + &simulated("beta", 0, 1, 1))).await;
     let mut health = HealthClient::new(server.channel().await);
+    // A model turns SERVING once a worker has its backend up, which on a
+    // loaded machine can be a moment after the listener is up.
+    for model in ["alpha", "beta"] {
+        server.wait_for(model, |m| m.ready_workers == 1).await;
+        common::wait_for_health(&mut health, model, ServingStatus::Serving).await;
+    }
     for service in ["", "infergate.v1.Inference", "alpha", "beta"] {
         let status = health
             .check(check(service))
