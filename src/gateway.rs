@@ -229,6 +229,30 @@ enum Opened {
     Replay(Outcome),
 }
 
+/// The request and deadline of one attempt of a call on `model`: the last
+/// attempt takes the request, the others a copy; the deadline is the
+/// model's, never past the first model's (`overall`).
+fn attempt(
+    model: &Model,
+    request: &mut Option<proto::GenerateRequest>,
+    last: bool,
+    overall: Deadline,
+    options: &CallOptions,
+) -> Result<(proto::GenerateRequest, Deadline), Error> {
+    let this = if last {
+        request.take()
+    } else {
+        request.clone()
+    };
+    let this = this.ok_or_else(|| Error::Dropped {
+        model: model.config.name.clone(),
+    })?;
+    let deadline = model
+        .deadline(options.received, options.client_timeout)
+        .earliest(overall);
+    Ok((this, deadline))
+}
+
 /// A cached answer as a stream: its text in one piece, then the end.
 fn replay(mut outcome: Outcome) -> impl Stream<Item = Result<StreamItem, Error>> + Send {
     let text = std::mem::take(&mut outcome.text);
@@ -429,19 +453,7 @@ impl Gateway {
         let mut request = Some(request);
         loop {
             let next = chain.next();
-            let this = if next.is_some() {
-                request.clone()
-            } else {
-                request.take()
-            };
-            let Some(this) = this else {
-                return Err(Error::Dropped {
-                    model: model.config.name.clone(),
-                });
-            };
-            let deadline = model
-                .deadline(options.received, options.client_timeout)
-                .earliest(overall);
+            let (this, deadline) = attempt(model, &mut request, next.is_none(), overall, options)?;
             match self.run_once(model, this, deadline, options.received).await {
                 Ok(mut outcome) => {
                     outcome.route.model.clone_from(&model.config.name);
@@ -579,19 +591,7 @@ impl Gateway {
         let mut request = Some(request);
         loop {
             let next = chain.next();
-            let this = if next.is_some() {
-                request.clone()
-            } else {
-                request.take()
-            };
-            let Some(this) = this else {
-                return Err(Error::Dropped {
-                    model: model.config.name.clone(),
-                });
-            };
-            let deadline = model
-                .deadline(options.received, options.client_timeout)
-                .earliest(overall);
+            let (this, deadline) = attempt(model, &mut request, next.is_none(), overall, options)?;
             let (tx, rx) = mpsc::channel(STREAM_BUFFER);
             let error = match self.admit(model, this, deadline, options.received, Reply::Stream(tx))
             {
