@@ -21,6 +21,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::backend::{BackendFactory, OpenAiFactory, ProcessFactory, SimulatedFactory};
 use crate::cache::{Directive, Lookup, ResponseCache, Storing};
+use crate::chain::Chain;
 use crate::config::{
     BackendKind, Config, DEFAULT_MAX_BATCH_ITEMS, ModelConfig, validate_fallbacks,
     validate_model_name,
@@ -53,6 +54,16 @@ pub struct Model {
 }
 
 impl Model {
+    /// Indices of the fallbacks in the gateway's models.
+    pub(crate) fn fallbacks(&self) -> &[usize] {
+        &self.fallbacks
+    }
+
+    /// The model's metric handles.
+    pub(crate) fn metrics(&self) -> &ModelMetrics {
+        self.pool.metrics()
+    }
+
     /// The pool's load right now.
     pub fn stats(&self) -> PoolStats {
         self.pool.stats()
@@ -73,7 +84,7 @@ impl Model {
     }
 
     /// The deadline of a call received at `received`.
-    fn deadline(&self, received: Instant, client_timeout: Option<Duration>) -> Deadline {
+    pub(crate) fn deadline(&self, received: Instant, client_timeout: Option<Duration>) -> Deadline {
         Deadline::for_call(
             received,
             client_timeout,
@@ -227,30 +238,6 @@ enum Opened {
     Live(Box<GenerationStream>, Option<(Arc<ResponseCache>, Vec<u8>)>),
     /// A cache hit.
     Replay(Outcome),
-}
-
-/// The request and deadline of one attempt of a call on `model`: the last
-/// attempt takes the request, the others a copy; the deadline is the
-/// model's, never past the first model's (`overall`).
-fn attempt(
-    model: &Model,
-    request: &mut Option<proto::GenerateRequest>,
-    last: bool,
-    overall: Deadline,
-    options: &CallOptions,
-) -> Result<(proto::GenerateRequest, Deadline), Error> {
-    let this = if last {
-        request.take()
-    } else {
-        request.clone()
-    };
-    let this = this.ok_or_else(|| Error::Dropped {
-        model: model.config.name.clone(),
-    })?;
-    let deadline = model
-        .deadline(options.received, options.client_timeout)
-        .earliest(overall);
-    Ok((this, deadline))
 }
 
 /// A cached answer as a stream: its text in one piece, then the end.
@@ -446,49 +433,21 @@ impl Gateway {
         request: proto::GenerateRequest,
         options: &CallOptions,
     ) -> Result<Outcome, Error> {
-        let overall = first.deadline(options.received, options.client_timeout);
-        let mut chain = first.fallbacks.iter().map(|&i| &self.models[i]);
-        let mut model = first;
-        let mut tried = Vec::new();
-        let mut request = Some(request);
+        let mut chain = Chain::new(&self.models, first, request, options);
         loop {
-            let next = chain.next();
-            let (this, deadline) = attempt(model, &mut request, next.is_none(), overall, options)?;
-            match self.run_once(model, this, deadline, options.received).await {
-                Ok(mut outcome) => {
-                    outcome.route.model.clone_from(&model.config.name);
-                    outcome.route.tried = tried;
+            let (model, request, deadline) = chain.attempt()?;
+            match self
+                .run_once(model, request, deadline, options.received)
+                .await
+            {
+                Ok(outcome) => {
+                    let mut outcome = outcome.served_by(model);
+                    outcome.route.tried = chain.into_tried();
                     return Ok(outcome);
                 }
-                Err(error) => {
-                    let to = self.fall_back(model, next, &error, &overall)?;
-                    tried.push(model.config.name.clone());
-                    model = to;
-                }
+                Err(error) => chain.failed(error)?,
             }
         }
-    }
-
-    /// The model to try after `model` failed with `error`, or that error
-    /// when there is none or the failure allows none.
-    fn fall_back<'a>(
-        &self,
-        model: &'a Model,
-        next: Option<&'a Model>,
-        error: &Error,
-        overall: &Deadline,
-    ) -> Result<&'a Model, Error> {
-        let (Some(to), Some(reason)) = (next, error.fallback_reason()) else {
-            return Err(error.clone());
-        };
-        if overall.expired() {
-            return Err(error.clone());
-        }
-        let metrics = model.pool.metrics();
-        metrics.rejected(error);
-        metrics.fell_back(&to.config.name, reason);
-        tracing::debug!(model = %model.config.name, to = %to.config.name, reason, "falling back");
-        Ok(to)
     }
 
     /// One attempt of a Generate call on one model.
@@ -584,17 +543,18 @@ impl Gateway {
         request: proto::GenerateRequest,
         options: &CallOptions,
     ) -> Result<(GenerationStream, Vec<String>), Error> {
-        let overall = first.deadline(options.received, options.client_timeout);
-        let mut chain = first.fallbacks.iter().map(|&i| &self.models[i]);
-        let mut model = first;
-        let mut tried = Vec::new();
-        let mut request = Some(request);
+        let mut chain = Chain::new(&self.models, first, request, options);
         loop {
-            let next = chain.next();
-            let (this, deadline) = attempt(model, &mut request, next.is_none(), overall, options)?;
+            let (model, request, deadline) = chain.attempt()?;
             let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-            let error = match self.admit(model, this, deadline, options.received, Reply::Stream(tx))
-            {
+            let call = self.admit(
+                model,
+                request,
+                deadline,
+                options.received,
+                Reply::Stream(tx),
+            );
+            let error = match call {
                 Ok(call) => {
                     let mut stream = GenerationStream::new(
                         rx,
@@ -605,19 +565,17 @@ impl Gateway {
                         deadline,
                     );
                     // Without a fallback, nothing to decide: stream at once.
-                    if next.is_none() {
-                        return Ok((stream, tried));
+                    if !chain.has_next() {
+                        return Ok((stream, chain.into_tried()));
                     }
                     match stream.first_error().await {
                         Some(error) if error.fallback_reason().is_some() => error,
-                        _ => return Ok((stream, tried)),
+                        _ => return Ok((stream, chain.into_tried())),
                     }
                 }
                 Err(error) => error,
             };
-            let to = self.fall_back(model, next, &error, &overall)?;
-            tried.push(model.config.name.clone());
-            model = to;
+            chain.failed(error)?;
         }
     }
 

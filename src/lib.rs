@@ -32,6 +32,7 @@
 //! - [`cache`]: the per-model response cache and the coalescing of
 //!   identical calls
 //! - `batch`: GenerateBatch, many calls in one RPC
+//! - `chain`: a call's way through its model's fallbacks
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint
 //! - `connection`: connection caps, idle timeouts and the fd limit of both
 //!   listeners
@@ -45,6 +46,7 @@ pub(crate) mod batch;
 pub mod bench;
 pub mod cache;
 pub(crate) mod cancel;
+pub(crate) mod chain;
 pub mod cli;
 pub mod config;
 pub(crate) mod connection;

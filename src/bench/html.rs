@@ -99,13 +99,7 @@ fn summary(out: &mut String, report: &Report) {
 
 fn histogram(out: &mut String, report: &Report) {
     out.push_str("<h2 id=\"histogram\">Histogram</h2>\n<table>\n<tr><th>Latency (ms)</th><th>Count</th><th style=\"width:60%\"></th></tr>\n");
-    let max = report
-        .histogram
-        .iter()
-        .map(|(_, n)| *n)
-        .max()
-        .unwrap_or(0)
-        .max(1);
+    let max = report.tallest_bar();
     for (mark, n) in &report.histogram {
         let _ = writeln!(
             out,

@@ -49,6 +49,17 @@ pub struct Report {
 }
 
 impl Report {
+    /// The largest count of the histogram, at least 1: what the bars of
+    /// the summary and the HTML page are scaled to.
+    pub(crate) fn tallest_bar(&self) -> usize {
+        self.histogram
+            .iter()
+            .map(|(_, n)| *n)
+            .max()
+            .unwrap_or(0)
+            .max(1)
+    }
+
     /// Computes the report of a run. The latency figures count the OK calls
     /// only, as ghz does, unless `count_errors` (ghz's `--count-errors`).
     pub fn new(outcome: &Outcome, count_errors: bool) -> Self {
@@ -142,13 +153,7 @@ impl Report {
         let _ = writeln!(out, "  Average:\t{}", human(self.average));
         let _ = writeln!(out, "  Requests/sec:\t{:.2}", self.rps);
         let _ = writeln!(out, "\nResponse time histogram:");
-        let max = self
-            .histogram
-            .iter()
-            .map(|(_, n)| *n)
-            .max()
-            .unwrap_or(0)
-            .max(1);
+        let max = self.tallest_bar();
         for (mark, count) in &self.histogram {
             let bar = "∎".repeat(count * BAR_WIDTH / max);
             let _ = writeln!(out, "  {:.3} [{count}]\t|{bar}", mark.as_secs_f64() * 1e3);
