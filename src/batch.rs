@@ -56,10 +56,12 @@ pub(crate) fn run(
         n => usize::try_from(n).unwrap_or(count).min(count),
     };
     let span = tracing::Span::current();
+    let received = options.received;
     let items = futures_util::stream::iter(request.items.into_iter().enumerate().map(
         move |(index, item)| {
             let gateway = gateway.clone();
             let span = span.clone();
+            let options = options.clone();
             let future = async move {
                 let started = Instant::now();
                 let result = gateway.generate(item, options).await;
@@ -71,7 +73,7 @@ pub(crate) fn run(
     .buffer_unordered(parallel);
     Ok(BatchStream {
         items: Box::pin(items),
-        received: options.received,
+        received,
         request_id,
         count,
         succeeded: 0,

@@ -34,6 +34,9 @@ use crate::metrics::{
 use crate::outcome::{Outcome, StreamItem};
 use crate::proto;
 
+/// The proto tag of `GenerateRequest.priority`, left out of cache keys.
+const PRIORITY_TAG: u32 = 8;
+
 /// Bytes charged per entry beyond its key and text: the outcome, the
 /// route's strings and moka's own bookkeeping, roughly.
 const ENTRY_OVERHEAD: u64 = 256;
@@ -196,7 +199,17 @@ impl ResponseCache {
     /// from call to call, unless the model says its backend ignores that.
     pub(crate) fn key(&self, request: &proto::GenerateRequest) -> Option<Vec<u8>> {
         let deterministic = request.seed.is_some() || request.temperature == Some(0.0);
-        (deterministic || self.nondeterministic).then(|| request.encode_to_vec())
+        (deterministic || self.nondeterministic).then(|| {
+            let mut key = request.encode_to_vec();
+            // A call's priority orders it in the queue; it does not change
+            // the answer. prost writes fields in tag order, so `priority`
+            // (the last tag) is the key's tail.
+            if request.priority != 0 {
+                let tail = prost::encoding::uint32::encoded_len(PRIORITY_TAG, &request.priority);
+                key.truncate(key.len().saturating_sub(tail));
+            }
+            key
+        })
     }
 
     /// The cached answer to `key`, if any.
@@ -363,6 +376,11 @@ mod tests {
         assert!(key.is_some());
         request.prompt = "hi!".into();
         assert_ne!(cache.key(&request), key, "the input is in the key");
+        let plain = cache.key(&request);
+        for priority in [1, 100] {
+            request.priority = priority;
+            assert_eq!(cache.key(&request), plain, "the priority is not");
+        }
         let loose = ResponseCache::new("k", &config, true);
         request.temperature = Some(1.0);
         assert!(loose.key(&request).is_some());

@@ -30,11 +30,12 @@ use crate::deadline::Deadline;
 use crate::error::{Error, Stage};
 use crate::metrics::{Method, ModelMetrics, PoolStats, StatsSource, UNKNOWN_MODEL};
 use crate::outcome::{CacheState, Outcome, StreamItem};
-use crate::pool::{Reply, Ticket, WorkerPool};
+use crate::pool::{Place, Reply, Ticket, WorkerPool};
 use crate::proto;
 use crate::record::CallRecord;
 use crate::request;
 use crate::stream::GenerationStream;
+use crate::tenant::Caller;
 
 /// Items buffered between a streaming worker and its handler before the
 /// worker waits (up to the deadline) for the client to read.
@@ -204,7 +205,7 @@ pub struct Gateway {
 
 /// How a call came in: when, with what deadline, through which RPC, and
 /// what it asked of the cache.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CallOptions {
     /// The client's grpc-timeout, if it set one.
     pub client_timeout: Option<Duration>,
@@ -215,6 +216,8 @@ pub struct CallOptions {
     pub method: Method,
     /// The client's `cache-control`.
     pub cache: Directive,
+    /// Who the call is from: its tenant in the queue and metrics.
+    pub caller: Caller,
 }
 
 impl CallOptions {
@@ -225,6 +228,7 @@ impl CallOptions {
             received,
             method: Method::Generate,
             cache: Directive::Use,
+            caller: Caller::anonymous(),
         }
     }
 }
@@ -323,7 +327,7 @@ impl Gateway {
             // in each waiting call.
             Some(model) if model.cache.is_none() && model.fallbacks.is_empty() => {
                 let deadline = model.deadline(options.received, options.client_timeout);
-                self.run_once(model, request, deadline, options.received)
+                self.run_once(model, request, deadline, &options)
                     .await
                     .map(|outcome| outcome.served_by(model))
             }
@@ -417,7 +421,7 @@ impl Gateway {
         if model.fallbacks.is_empty() {
             let deadline = model.deadline(options.received, options.client_timeout);
             return self
-                .run_once(model, request, deadline, options.received)
+                .run_once(model, request, deadline, options)
                 .await
                 .map(|outcome| outcome.served_by(model));
         }
@@ -436,10 +440,7 @@ impl Gateway {
         let mut chain = Chain::new(&self.models, first, request, options);
         loop {
             let (model, request, deadline) = chain.attempt()?;
-            match self
-                .run_once(model, request, deadline, options.received)
-                .await
-            {
+            match self.run_once(model, request, deadline, options).await {
                 Ok(outcome) => {
                     let mut outcome = outcome.served_by(model);
                     outcome.route.tried = chain.into_tried();
@@ -456,10 +457,10 @@ impl Gateway {
         model: &Model,
         request: proto::GenerateRequest,
         deadline: Deadline,
-        received: Instant,
+        options: &CallOptions,
     ) -> Result<Outcome, Error> {
         let (tx, rx) = oneshot::channel();
-        let mut call = self.admit(model, request, deadline, received, Reply::Whole(tx))?;
+        let mut call = self.admit(model, request, deadline, options, Reply::Whole(tx))?;
         let name = || call.model.config.name.clone();
         match tokio::time::timeout_at(call.deadline.at().into(), rx).await {
             Ok(reply) => {
@@ -547,13 +548,7 @@ impl Gateway {
         loop {
             let (model, request, deadline) = chain.attempt()?;
             let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-            let call = self.admit(
-                model,
-                request,
-                deadline,
-                options.received,
-                Reply::Stream(tx),
-            );
+            let call = self.admit(model, request, deadline, options, Reply::Stream(tx));
             let error = match call {
                 Ok(call) => {
                     let mut stream = GenerationStream::new(
@@ -599,12 +594,19 @@ impl Gateway {
         model: &'a Model,
         request: proto::GenerateRequest,
         deadline: Deadline,
-        received: Instant,
+        options: &CallOptions,
         reply: Reply,
     ) -> Result<Admitted<'a>, Error> {
         let token = self.enter()?;
+        let priority = options.caller.priority(request.priority);
         let params = request::params(request, &model.config)?;
-        let ticket = model.pool.submit(params, deadline, received, reply)?;
+        let place = Place {
+            caller: &options.caller,
+            priority,
+        };
+        let ticket = model
+            .pool
+            .submit(params, place, deadline, options.received, reply)?;
         Ok(Admitted {
             token,
             model,

@@ -39,6 +39,7 @@
 //! - [`bench`]: `infergate bench`, the ghz-compatible load generator
 //! - [`health`]: `infergate health`, one grpc.health.v1 Check (for a
 //!   container HEALTHCHECK)
+//! - [`tenant`]: who a call is from (its tenant, weight and priority cap)
 //! - [`cli`]: the command line
 
 pub mod backend;
@@ -63,6 +64,7 @@ pub mod server;
 pub(crate) mod service;
 pub(crate) mod status_fix;
 pub(crate) mod stream;
+pub mod tenant;
 
 /// The generated messages, server and client of `infergate.v1`.
 #[allow(

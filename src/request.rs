@@ -11,6 +11,7 @@ use crate::backend::{ChatMessage, GenerateParams, Input};
 use crate::config::ModelConfig;
 use crate::error::{Error, quote};
 use crate::proto;
+use crate::tenant::MAX_PRIORITY;
 
 /// Most stop strings a request may carry.
 pub const MAX_STOP_STRINGS: usize = 16;
@@ -32,7 +33,15 @@ pub fn params(
         temperature,
         stop,
         seed,
+        priority,
     } = request;
+
+    if priority > MAX_PRIORITY {
+        return Err(Error::invalid(
+            "priority",
+            format!("{priority} is above {MAX_PRIORITY}"),
+        ));
+    }
 
     let input = match (prompt.is_empty(), messages.is_empty()) {
         (false, true) => Input::Prompt(prompt),

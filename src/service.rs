@@ -24,6 +24,7 @@ use crate::outcome::{CacheState, Outcome, StreamItem};
 use crate::proto;
 use crate::proto::inference_server::Inference;
 use crate::request::grpc_timeout;
+use crate::tenant::Caller;
 
 /// Implements `infergate.v1.Inference` over a [`Gateway`].
 #[derive(Clone)]
@@ -261,6 +262,7 @@ fn options<T>(request: &Request<T>, method: Method) -> CallOptions {
         received: received(request),
         method,
         cache,
+        caller: Caller::anonymous(),
     }
 }
 
