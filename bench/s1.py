@@ -34,7 +34,7 @@ from h2load import H2load
 WORKERS = (2, 8, 64, 256)
 SMOKE_WORKERS = (2, 64)
 DATA = {"model": "echo", "prompt": "hello"}
-OK_SERIES = 'infergate_requests_total{model="echo",method="Generate",code="OK"}'
+OK_SERIES = 'infergate_requests_total{model="echo",method="Generate",code="OK",tenant="anonymous"}'
 C50 = ["-c", "50", "--connections", "8"]
 SATURATE = ["-c", "200", "--connections", "4"]
 PYTHON_THREADS = 50

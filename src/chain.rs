@@ -85,7 +85,7 @@ impl<'a> Chain<'a> {
             return Err(error);
         }
         let metrics = self.model.metrics();
-        metrics.rejected(&error);
+        metrics.rejected(&error, &self.options.caller.tenant);
         metrics.fell_back(&to.config.name, reason);
         tracing::debug!(model = %self.model.config.name, to = %to.config.name, reason, "falling back");
         self.tried.push(self.model.config.name.clone());

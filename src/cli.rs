@@ -1,10 +1,12 @@
-//! The command line: `serve`, `check-config`, `bench` and `health`.
+//! The command line: `serve`, `check-config`, `bench`, `health` and
+//! `keys`.
 //!
 //! Exit codes: 0 on a clean stop (including after SIGTERM), 78 (EX_CONFIG)
 //! for a configuration that cannot be used, 64 (EX_USAGE) for bench flags
 //! or a bench target that cannot be used, 1 when the server fails. `health`
 //! exits 0 for `SERVING`, 1 for anything else, 64 for an address that is
-//! not host:port.
+//! not host:port. `keys` exits 64 for bad flags or a keys file it cannot
+//! use.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tonic_health::pb::health_check_response::ServingStatus;
 
+use crate::auth::command::KeysArgs;
 use crate::bench::BenchArgs;
 use crate::config::{Config, ConfigError};
 use crate::health::{HealthArgs, HealthError};
@@ -51,6 +54,9 @@ pub enum Command {
     /// One grpc.health.v1 Check: prints the status, exits 0 for SERVING and
     /// 1 otherwise (for a container HEALTHCHECK; no shell or grpcurl needed).
     Health(HealthArgs),
+    /// Manage API keys: `keys add NAME --file keys.toml` prints a new key
+    /// once and stores only its hash.
+    Keys(KeysArgs),
 }
 
 /// Flags of `serve`.
@@ -93,6 +99,7 @@ impl ServeArgs {
         let mut config = match &self.config {
             Some(path) => {
                 let config = Config::from_file(path)?;
+                config.check_files(&path.display().to_string())?;
                 config.check_environment(&path.display().to_string())?;
                 config
             }
@@ -124,6 +131,13 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::Bench(args) => bench(&args),
         Command::Health(args) => health(&args),
+        Command::Keys(args) => match crate::auth::command::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        },
     }
 }
 
@@ -250,7 +264,12 @@ fn serve(args: &ServeArgs) -> ExitCode {
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
-    match Config::from_file(file) {
+    let config = Config::from_file(file).and_then(|config| {
+        config
+            .check_files(&file.display().to_string())
+            .map(|()| config)
+    });
+    match config {
         Ok(config) => {
             println!("# {}: valid; the effective configuration:", file.display());
             // Credentials in URLs are printed as `***`.

@@ -144,6 +144,31 @@ pub enum Error {
         /// What the backend said.
         source: BackendError,
     },
+    /// The caller's API key may not use the model. Names neither the key
+    /// nor the models it may use.
+    #[error("this API key may not use the model")]
+    PermissionDenied {
+        /// The model asked for.
+        model: String,
+    },
+    /// The caller's API key is over its request rate.
+    #[error(
+        "over this API key's rate limit of {per_second} calls per second (burst {burst}); retry later"
+    )]
+    RateLimited {
+        /// The key's rate.
+        per_second: f64,
+        /// Its burst.
+        burst: u32,
+    },
+    /// The caller's API key has as many calls in flight as it may.
+    #[error(
+        "this API key's concurrency limit of {limit} calls in flight is reached; retry when one ends"
+    )]
+    ConcurrencyLimited {
+        /// The key's limit.
+        limit: u32,
+    },
     /// A worker went away without answering (the pool was torn down).
     #[error("the call was dropped without an answer")]
     Dropped {
@@ -165,6 +190,9 @@ impl Error {
             Error::BackendPanic { .. } => "backend_panic",
             Error::Backend { .. } => "backend_error",
             Error::Dropped { .. } => "dropped",
+            Error::PermissionDenied { .. } => "permission_denied",
+            Error::RateLimited { .. } => "rate_limit",
+            Error::ConcurrencyLimited { .. } => "concurrency_limit",
         }
     }
 
@@ -173,7 +201,10 @@ impl Error {
         match self {
             Error::ModelNotFound { .. } => Code::NotFound,
             Error::InvalidArgument { .. } => Code::InvalidArgument,
-            Error::QueueFull { .. } => Code::ResourceExhausted,
+            Error::QueueFull { .. }
+            | Error::RateLimited { .. }
+            | Error::ConcurrencyLimited { .. } => Code::ResourceExhausted,
+            Error::PermissionDenied { .. } => Code::PermissionDenied,
             Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
             Error::ShuttingDown | Error::ModelDown { .. } => Code::Unavailable,
             Error::BackendPanic { .. } | Error::Dropped { .. } => Code::Internal,
@@ -184,9 +215,12 @@ impl Error {
     /// The model the call was for, if it names a served one.
     pub fn model(&self) -> Option<&str> {
         match self {
-            Error::ModelNotFound { .. } | Error::InvalidArgument { .. } | Error::ShuttingDown => {
-                None
-            }
+            Error::ModelNotFound { .. }
+            | Error::InvalidArgument { .. }
+            | Error::ShuttingDown
+            | Error::RateLimited { .. }
+            | Error::ConcurrencyLimited { .. } => None,
+            Error::PermissionDenied { model } => Some(model),
             Error::QueueFull { model, .. }
             | Error::ModelDown { model, .. }
             | Error::DeadlineExceeded { model, .. }
@@ -203,7 +237,10 @@ impl Error {
             | Error::InvalidArgument { .. }
             | Error::QueueFull { .. }
             | Error::ModelDown { .. }
-            | Error::ShuttingDown => Stage::Admission,
+            | Error::ShuttingDown
+            | Error::PermissionDenied { .. }
+            | Error::RateLimited { .. }
+            | Error::ConcurrencyLimited { .. } => Stage::Admission,
             Error::DeadlineExceeded { stage, .. } => *stage,
             Error::BackendPanic { .. } | Error::Backend { .. } | Error::Dropped { .. } => {
                 Stage::Running

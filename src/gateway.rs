@@ -19,6 +19,8 @@ use tokio_stream::Stream;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use crate::auth::Auth;
+use crate::auth::limits::CallPermit;
 use crate::backend::{BackendFactory, OpenAiFactory, ProcessFactory, SimulatedFactory};
 use crate::cache::{Directive, Lookup, ResponseCache, Storing};
 use crate::chain::Chain;
@@ -100,6 +102,7 @@ impl Model {
 pub struct GatewayBuilder {
     models: Vec<(ModelConfig, Arc<dyn BackendFactory>)>,
     max_batch_items: usize,
+    auth: Option<Arc<Auth>>,
 }
 
 impl Default for GatewayBuilder {
@@ -107,6 +110,7 @@ impl Default for GatewayBuilder {
         GatewayBuilder {
             models: Vec::new(),
             max_batch_items: DEFAULT_MAX_BATCH_ITEMS,
+            auth: None,
         }
     }
 }
@@ -122,6 +126,12 @@ impl GatewayBuilder {
     /// The most items one GenerateBatch call may carry.
     pub fn max_batch_items(mut self, items: usize) -> Self {
         self.max_batch_items = items;
+        self
+    }
+
+    /// Requires an API key of every call (see [`crate::auth`]).
+    pub fn auth(mut self, auth: Arc<Auth>) -> Self {
+        self.auth = Some(auth);
         self
     }
 
@@ -181,6 +191,7 @@ impl GatewayBuilder {
             known,
             unknown: Arc::new(ModelMetrics::calls_only(UNKNOWN_MODEL)),
             max_batch_items: self.max_batch_items,
+            auth: self.auth,
             shutting_down: AtomicBool::new(false),
             tracker: TaskTracker::new(),
         })
@@ -196,6 +207,8 @@ pub struct Gateway {
     known: String,
     /// Where calls naming no served model are counted.
     unknown: Arc<ModelMetrics>,
+    /// The API keys, when calls need one.
+    auth: Option<Arc<Auth>>,
     shutting_down: AtomicBool,
     /// One token per call in progress.
     tracker: TaskTracker,
@@ -251,6 +264,21 @@ fn replay(mut outcome: Outcome) -> impl Stream<Item = Result<StreamItem, Error>>
     tokio_stream::iter(first.into_iter().chain([Ok(StreamItem::Done(outcome))]))
 }
 
+/// A stream that holds the call's place under its key's concurrency limit
+/// until the stream is done or dropped.
+fn holding(
+    stream: impl Stream<Item = Result<StreamItem, Error>> + Send + 'static,
+    permit: CallPermit,
+) -> CallStream {
+    match permit {
+        None => Box::pin(stream),
+        Some(permit) => Box::pin(tokio_stream::StreamExt::map(stream, move |item| {
+            let _held = &permit;
+            item
+        })),
+    }
+}
+
 /// A call admitted to its model's queue.
 struct Admitted<'a> {
     /// Counts the call as in flight until dropped.
@@ -284,6 +312,12 @@ impl Gateway {
     /// Starts the models of a (validated) configuration.
     pub fn from_config(config: &Config) -> io::Result<Gateway> {
         let mut builder = Gateway::builder();
+        // Before any model starts: a bad keys file fails fast.
+        if let Some(auth) = &config.auth {
+            let auth =
+                Auth::load(auth).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            builder = builder.auth(Arc::new(auth));
+        }
         for model in &config.models {
             let factory = factory_for(model).ok_or_else(|| {
                 io::Error::new(
@@ -307,6 +341,11 @@ impl Gateway {
         &self.models
     }
 
+    /// The API keys, when calls need one.
+    pub fn auth(&self) -> Option<&Arc<Auth>> {
+        self.auth.as_ref()
+    }
+
     /// The most items one GenerateBatch call may carry.
     pub fn max_batch_items(&self) -> usize {
         self.max_batch_items
@@ -321,7 +360,15 @@ impl Gateway {
         options: CallOptions,
     ) -> Result<Outcome, Error> {
         let model = self.lookup(&request.model);
-        let mut record = self.record(model, options.method, options.received);
+        let mut record = self.record(model, &options);
+        // Held until the call ends: its place under the key's limit.
+        let _permit = match options.caller.admit(&request.model) {
+            Ok(permit) => permit,
+            Err(error) => {
+                record.finish(Some(&error));
+                return Err(error);
+            }
+        };
         let result = match model {
             // The common case, kept flat: every await level costs memory
             // in each waiting call.
@@ -347,7 +394,7 @@ impl Gateway {
         if self.is_shutting_down() {
             return Err(Error::ShuttingDown);
         }
-        let model = model.ok_or_else(|| self.not_found(&request.model))?;
+        let model = model.ok_or_else(|| self.not_found(&request.model, &options.caller))?;
         let Some(cache) = &model.cache else {
             return self.generate_routed(model, request, options).await;
         };
@@ -483,12 +530,20 @@ impl Gateway {
         options: CallOptions,
     ) -> Result<CallStream, Error> {
         let model = self.lookup(&request.model);
-        let mut record = self.record(model, Method::GenerateStream, options.received);
-        match self.open_stream(model, request, &options).await {
-            Ok(Opened::Live(stream, None)) => Ok(Box::pin(stream.attach(record))),
-            Ok(Opened::Live(stream, Some((cache, key)))) => {
-                Ok(Box::pin(Storing::new(stream.attach(record), cache, key)))
+        let mut record = self.record(model, &options);
+        let permit = match options.caller.admit(&request.model) {
+            Ok(permit) => permit,
+            Err(error) => {
+                record.finish(Some(&error));
+                return Err(error);
             }
+        };
+        match self.open_stream(model, request, &options).await {
+            Ok(Opened::Live(stream, None)) => Ok(holding(stream.attach(record), permit)),
+            Ok(Opened::Live(stream, Some((cache, key)))) => Ok(holding(
+                Storing::new(stream.attach(record), cache, key),
+                permit,
+            )),
             Ok(Opened::Replay(outcome)) => {
                 record.finish(None);
                 Ok(Box::pin(replay(outcome)))
@@ -510,7 +565,7 @@ impl Gateway {
         options: &CallOptions,
     ) -> Result<Opened, Error> {
         let _token = self.enter()?;
-        let model = model.ok_or_else(|| self.not_found(&request.model))?;
+        let model = model.ok_or_else(|| self.not_found(&request.model, &options.caller))?;
         let mut state = CacheState::Off;
         let mut store = None;
         if let Some(cache) = &model.cache {
@@ -582,9 +637,14 @@ impl Gateway {
 
     /// The record of a call to `model` (or to no served model), received
     /// at `received`.
-    fn record(&self, model: Option<&Model>, method: Method, received: Instant) -> CallRecord {
+    fn record(&self, model: Option<&Model>, options: &CallOptions) -> CallRecord {
         let metrics = model.map_or(&self.unknown, |m| m.pool.metrics());
-        CallRecord::new(metrics.clone(), method, received)
+        CallRecord::new(
+            metrics.clone(),
+            options.method,
+            options.received,
+            options.caller.tenant.clone(),
+        )
     }
 
     /// Everything a call goes through before it waits on one model:
@@ -624,16 +684,24 @@ impl Gateway {
     }
 
     /// The error for a name that is no served model.
-    fn not_found(&self, name: &str) -> Error {
+    /// A caller with an API key hears only of the models the key may use.
+    fn not_found(&self, name: &str, caller: &Caller) -> Error {
+        let known = match &caller.key {
+            None => self.known.clone(),
+            Some(key) => self
+                .models
+                .iter()
+                .map(|m| m.config.name.as_str())
+                .filter(|name| key.allows(name))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
         if name.is_empty() {
-            return Error::invalid(
-                "model",
-                format!("required; this gateway serves: {}", self.known),
-            );
+            return Error::invalid("model", format!("required; this gateway serves: {known}"));
         }
         Error::ModelNotFound {
             model: name.to_string(),
-            known: self.known.clone(),
+            known,
         }
     }
 

@@ -39,9 +39,11 @@
 //! - [`bench`]: `infergate bench`, the ghz-compatible load generator
 //! - [`health`]: `infergate health`, one grpc.health.v1 Check (for a
 //!   container HEALTHCHECK)
+//! - [`auth`]: API keys: the keys file, its reloads, per-key limits
 //! - [`tenant`]: who a call is from (its tenant, weight and priority cap)
 //! - [`cli`]: the command line
 
+pub mod auth;
 pub mod backend;
 pub(crate) mod batch;
 pub mod bench;

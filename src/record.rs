@@ -21,16 +21,24 @@ pub(crate) struct CallRecord {
     span: tracing::Span,
     method: Method,
     received: Instant,
+    /// The `tenant` label.
+    tenant: Arc<str>,
     finished: bool,
 }
 
 impl CallRecord {
-    pub(crate) fn new(metrics: Arc<ModelMetrics>, method: Method, received: Instant) -> Self {
+    pub(crate) fn new(
+        metrics: Arc<ModelMetrics>,
+        method: Method,
+        received: Instant,
+        tenant: Arc<str>,
+    ) -> Self {
         CallRecord {
             metrics,
             span: tracing::Span::current(),
             method,
             received,
+            tenant,
             finished: false,
         }
     }
@@ -50,7 +58,7 @@ impl CallRecord {
         let code = match error {
             None => Code::Ok,
             Some(error) => {
-                self.metrics.rejected(error);
+                self.metrics.rejected(error, &self.tenant);
                 error.code()
             }
         };
@@ -59,7 +67,8 @@ impl CallRecord {
 
     fn close(&self, code: Code) {
         let elapsed = self.received.elapsed();
-        self.metrics.request_finished(self.method, code, elapsed);
+        self.metrics
+            .request_finished(self.method, code, elapsed, &self.tenant);
         let _entered = self.span.enter();
         tracing::debug!(
             method = self.method.as_str(),

@@ -21,6 +21,8 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::Auth;
+use crate::config::ReflectionAccess;
 use crate::config::{Config, ServerConfig};
 use crate::connection::activity::{CountCallsLayer, IdleTimeouts};
 use crate::connection::incoming::Incoming;
@@ -33,6 +35,7 @@ use crate::proto::inference_server::InferenceServer;
 use crate::request::parse_grpc_timeout;
 use crate::service::InferenceService;
 use crate::status_fix::FixStatus;
+use tonic::service::interceptor::InterceptedService;
 
 /// How long connections get, after the calls have drained, to deliver their
 /// last answers before the server stops waiting for them (health Watch
@@ -176,8 +179,10 @@ pub async fn run(
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    // `[auth] reflection = "key"`: reflection needs a valid key too.
+    let guard = reflection_guard(gateway.auth().cloned());
+    let reflection_v1 = InterceptedService::new(reflection().build_v1()?, guard.clone());
+    let reflection_v1alpha = InterceptedService::new(reflection().build_v1alpha()?, guard);
 
     let inference = InferenceServer::new(InferenceService::new(gateway.clone()))
         .max_decoding_message_size(config.max_message_bytes);
@@ -230,6 +235,10 @@ pub async fn run(
     tokio::pin!(server);
 
     let watch_health = tokio::spawn(watch_models(health.clone(), gateway.clone(), stop.clone()));
+    // Ends with `run`, however it returns.
+    let _watch_keys = gateway
+        .auth()
+        .map(|auth| AbortOnDropHandle::new(tokio::spawn(auth.clone().watch(stop.clone()))));
     tokio::select! {
         result = &mut server => return result.map_err(ServeError::from),
         () = shutdown => {}
@@ -317,6 +326,20 @@ fn stamp_arrival<B>(
 
 /// The header of a client's deadline.
 const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// The interceptor in front of reflection: lets every call through unless
+/// `[auth] reflection = "key"`, then only calls with a valid key.
+fn reflection_guard(
+    auth: Option<Arc<Auth>>,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |request: tonic::Request<()>| match &auth {
+        Some(auth) if auth.reflection() == ReflectionAccess::Key => auth
+            .authenticate(request.metadata())
+            .map(|_| request)
+            .map_err(|failure| failure.to_status("-")),
+        _ => Ok(request),
+    }
+}
 
 /// Keeps each model's health in step with its pool: NOT_SERVING while no
 /// worker has a backend up (e.g. its worker processes keep failing to

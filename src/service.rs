@@ -14,9 +14,11 @@ use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::auth;
 use crate::backend::FinishReason;
 use crate::batch;
 use crate::cache::Directive;
+use crate::config::ListModelsAccess;
 use crate::deadline::{Arrival, ClientTimeout};
 use crate::gateway::{CallOptions, Gateway};
 use crate::metrics::Method;
@@ -53,7 +55,7 @@ impl Inference for InferenceService {
         let id = RequestId::of(request.metadata());
         let span = call_span("generate", &request.get_ref().model, &id);
         async {
-            let options = options(&request, Method::Generate);
+            let options = self.options(&request, Method::Generate, &id)?;
             let outcome = self
                 .gateway
                 .generate(request.into_inner(), options)
@@ -74,7 +76,7 @@ impl Inference for InferenceService {
         let id = RequestId::of(request.metadata());
         let span = call_span("generate_stream", &request.get_ref().model, &id);
         async {
-            let options = options(&request, Method::GenerateStream);
+            let options = self.options(&request, Method::GenerateStream, &id)?;
             let stream = self
                 .gateway
                 .generate_stream(request.into_inner(), options)
@@ -113,7 +115,7 @@ impl Inference for InferenceService {
         let id = RequestId::of(request.metadata());
         let span = call_span("generate_batch", "", &id);
         let _entered = span.enter();
-        let options = options(&request, Method::GenerateBatch);
+        let options = self.options(&request, Method::GenerateBatch, &id)?;
         let stream = batch::run(
             self.gateway.clone(),
             request.into_inner(),
@@ -127,11 +129,28 @@ impl Inference for InferenceService {
 
     async fn list_models(
         &self,
-        _request: Request<proto::ListModelsRequest>,
+        request: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
-        let models = self
+        // Who may see which models: everyone everything without keys.
+        let (caller, access) = match self.gateway.auth() {
+            None => (Caller::anonymous(), ListModelsAccess::Open),
+            Some(auth) if auth.list_models() == ListModelsAccess::Open => {
+                (Caller::anonymous(), ListModelsAccess::Open)
+            }
+            Some(auth) => {
+                let caller = auth.authenticate(request.metadata()).map_err(|failure| {
+                    failure.to_status(&RequestId::of(request.metadata()).to_string())
+                })?;
+                (caller, auth.list_models())
+            }
+        };
+        let shown: Vec<&crate::gateway::Model> = self
             .gateway
             .models()
+            .iter()
+            .filter(|model| auth::lists(access, &caller, &model.config.name))
+            .collect();
+        let models = shown
             .iter()
             .map(|model| {
                 let stats = model.stats();
@@ -154,7 +173,7 @@ impl Inference for InferenceService {
             })
             .collect::<Vec<_>>();
         let mut models = models;
-        for (info, model) in models.iter_mut().zip(self.gateway.models()) {
+        for (info, model) in models.iter_mut().zip(shown) {
             let (entries, bytes, in_flight) = model.cache_size().await;
             info.cache_entries = entries;
             info.cache_bytes = bytes;
@@ -250,19 +269,36 @@ fn client_timeout<T>(request: &Request<T>) -> Option<Duration> {
     }
 }
 
-/// How a call came in: its arrival, grpc-timeout, RPC and cache-control.
-fn options<T>(request: &Request<T>, method: Method) -> CallOptions {
-    let cache = request
-        .metadata()
-        .get(CACHE_CONTROL)
-        .and_then(|value| value.to_str().ok())
-        .map_or(Directive::Use, Directive::parse);
-    CallOptions {
-        client_timeout: client_timeout(request),
-        received: received(request),
-        method,
-        cache,
-        caller: Caller::anonymous(),
+impl InferenceService {
+    /// How a call came in: its arrival, grpc-timeout, RPC, cache-control
+    /// and caller. With API keys on, a call without a valid one ends here,
+    /// UNAUTHENTICATED, before any model is looked at.
+    fn options<T>(
+        &self,
+        request: &Request<T>,
+        method: Method,
+        id: &RequestId,
+    ) -> Result<CallOptions, Status> {
+        let caller = match self.gateway.auth() {
+            None => Caller::anonymous(),
+            Some(auth) => auth.authenticate(request.metadata()).map_err(|failure| {
+                let mut status = failure.to_status(&id.to_string());
+                status.metadata_mut().insert(REQUEST_ID, id.0.clone());
+                status
+            })?,
+        };
+        let cache = request
+            .metadata()
+            .get(CACHE_CONTROL)
+            .and_then(|value| value.to_str().ok())
+            .map_or(Directive::Use, Directive::parse);
+        Ok(CallOptions {
+            client_timeout: client_timeout(request),
+            received: received(request),
+            method,
+            cache,
+            caller,
+        })
     }
 }
 

@@ -9,6 +9,10 @@
 
 use std::sync::{Arc, OnceLock};
 
+use crate::auth::Key;
+use crate::auth::limits::CallPermit;
+use crate::error::Error;
+
 /// The tenant of calls that carry no identity (auth off).
 pub const ANONYMOUS: &str = "anonymous";
 
@@ -16,7 +20,7 @@ pub const ANONYMOUS: &str = "anonymous";
 pub const MAX_PRIORITY: u32 = 100;
 
 /// Who a call is from, as admission and the queue see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Caller {
     /// The tenant's name: an API key's name, an mTLS subject, or
     /// `anonymous`. A bounded metric label.
@@ -26,6 +30,8 @@ pub struct Caller {
     /// The highest priority this caller's requests get (higher ones are
     /// capped to it).
     pub max_priority: u32,
+    /// The API key the call came with, if any: its models and limits.
+    pub key: Option<Arc<Key>>,
 }
 
 impl Caller {
@@ -36,6 +42,17 @@ impl Caller {
             tenant: NAME.get_or_init(|| Arc::from(ANONYMOUS)).clone(),
             weight: 1,
             max_priority: MAX_PRIORITY,
+            key: None,
+        }
+    }
+
+    /// Checks a call to `model` against the caller's key (its models,
+    /// concurrency and rate); the permit holds its place under the key's
+    /// concurrency limit until the call ends.
+    pub(crate) fn admit(&self, model: &str) -> Result<CallPermit, Error> {
+        match &self.key {
+            None => Ok(None),
+            Some(key) => key.admit(model),
         }
     }
 

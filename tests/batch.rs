@@ -110,7 +110,7 @@ async fn the_original_pair_arrives_in_completion_order_with_the_time_saved() {
     assert!(summary.saved_fraction > 0.3, "{summary:?}");
 
     let scrape = server.scrape().await;
-    let ok = r#"infergate_requests_total{model="task-a",method="GenerateBatch",code="OK"}"#;
+    let ok = r#"infergate_requests_total{model="task-a",method="GenerateBatch",code="OK",tenant="anonymous"}"#;
     assert_eq!(metric(&scrape, ok), Some(1.0), "{scrape}");
 }
 

@@ -19,6 +19,9 @@ use serde::ser::{self, Serialize};
 const EVERY_TABLE: &str = r#"
 [server]
 
+[auth]
+keys_file = "keys.toml"
+
 [[models]]
 name = "sim"
 backend = "simulated"

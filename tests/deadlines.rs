@@ -74,7 +74,7 @@ async fn a_deadline_the_queue_cannot_meet_is_refused_at_admission() {
     let scrape = server.scrape().await;
     let refused = metric(
         &scrape,
-        "infergate_rejected_total{model=\"paced\",reason=\"deadline\"}",
+        "infergate_rejected_total{model=\"paced\",reason=\"deadline\",tenant=\"anonymous\"}",
     );
     assert_eq!(refused, Some(1.0), "{scrape}");
 }

@@ -50,7 +50,7 @@ async fn busy_seconds_prove_the_overlap() {
     }
     eprintln!("busy {busy:.2} s over {wall:.2} s of wall time");
 
-    let ok = r#"infergate_requests_total{model="m-overlap",method="Generate",code="OK"}"#;
+    let ok = r#"infergate_requests_total{model="m-overlap",method="Generate",code="OK",tenant="anonymous"}"#;
     assert_eq!(metric(&scrape, ok), Some(8.0));
     let count = r#"infergate_queue_wait_seconds_count{model="m-overlap"}"#;
     assert_eq!(metric(&scrape, count), Some(8.0));
@@ -136,14 +136,14 @@ async fn live_gauges_follow_the_pool_and_refusals_are_counted() {
     assert_eq!(
         metric(
             &scrape,
-            r#"infergate_rejected_total{model="probe",reason="queue_full"}"#
+            r#"infergate_rejected_total{model="probe",reason="queue_full",tenant="anonymous"}"#
         ),
         Some(1.0)
     );
     assert_eq!(
         metric(
             &scrape,
-            r#"infergate_requests_total{model="probe",method="Generate",code="RESOURCE_EXHAUSTED"}"#
+            r#"infergate_requests_total{model="probe",method="Generate",code="RESOURCE_EXHAUSTED",tenant="anonymous"}"#
         ),
         Some(1.0)
     );
@@ -185,7 +185,7 @@ async fn live_gauges_follow_the_pool_and_refusals_are_counted() {
     assert_eq!(
         metric(
             &scrape,
-            r#"infergate_requests_total{model="probe",method="Generate",code="CANCELLED"}"#
+            r#"infergate_requests_total{model="probe",method="Generate",code="CANCELLED",tenant="anonymous"}"#
         ),
         Some(2.0)
     );
@@ -244,14 +244,14 @@ async fn deadlines_panics_streams_and_unknown_models_are_counted() {
     assert_eq!(
         metric(
             &scrape,
-            r#"infergate_rejected_total{model="m-slow",reason="deadline"}"#
+            r#"infergate_rejected_total{model="m-slow",reason="deadline",tenant="anonymous"}"#
         ),
         Some(1.0)
     );
     assert_eq!(
         metric(
             &scrape,
-            r#"infergate_requests_total{model="m-slow",method="Generate",code="DEADLINE_EXCEEDED"}"#
+            r#"infergate_requests_total{model="m-slow",method="Generate",code="DEADLINE_EXCEEDED",tenant="anonymous"}"#
         ),
         Some(1.0)
     );
@@ -265,7 +265,7 @@ async fn deadlines_panics_streams_and_unknown_models_are_counted() {
     assert_eq!(
         metric(
             &scrape,
-            r#"infergate_requests_total{model="m-stream",method="GenerateStream",code="OK"}"#
+            r#"infergate_requests_total{model="m-stream",method="GenerateStream",code="OK",tenant="anonymous"}"#
         ),
         Some(1.0)
     );
@@ -279,7 +279,7 @@ async fn deadlines_panics_streams_and_unknown_models_are_counted() {
     assert_eq!(
         metric(
             &scrape,
-            r#"infergate_rejected_total{model="m-stream",reason="invalid_argument"}"#
+            r#"infergate_rejected_total{model="m-stream",reason="invalid_argument",tenant="anonymous"}"#
         ),
         Some(1.0)
     );
@@ -287,7 +287,7 @@ async fn deadlines_panics_streams_and_unknown_models_are_counted() {
     assert!(
         metric(
             &scrape,
-            r#"infergate_rejected_total{model="(unknown)",reason="not_found"}"#
+            r#"infergate_rejected_total{model="(unknown)",reason="not_found",tenant="anonymous"}"#
         )
         .is_some_and(|n| n >= 1.0)
     );
@@ -326,7 +326,7 @@ async fn a_panic_is_counted() {
     assert_eq!(
         metric(
             &scrape,
-            r#"infergate_requests_total{model="m-panic",method="Generate",code="INTERNAL"}"#
+            r#"infergate_requests_total{model="m-panic",method="Generate",code="INTERNAL",tenant="anonymous"}"#
         ),
         Some(1.0)
     );

@@ -387,7 +387,7 @@ async fn promtool_accepts_the_scrape_and_every_dashboard_query_returns_data() {
     wait_for_scrapes(prometheus.addr, 2).await;
     drive_traffic(&server, 8).await;
     // Wait until Prometheus has scraped the final counts.
-    let ok = r#"infergate_requests_total{model="interop",method="Generate",code="OK"}"#;
+    let ok = r#"infergate_requests_total{model="interop",method="Generate",code="OK",tenant="anonymous"}"#;
     let last = common::metric(&server.scrape().await, ok).expect("OK count");
     let give_up = Instant::now() + Duration::from_secs(30);
     loop {

@@ -6,6 +6,7 @@
 //! where the TOML parser gives it), so that a bad file is refused with one
 //! clear line instead of failing later under load.
 
+mod auth;
 mod error;
 mod openai;
 mod redact;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use auth::{AuthConfig, ListModelsAccess, ReflectionAccess};
 pub use error::ConfigError;
 use error::{line_of_model_key, parse_error};
 pub use openai::{
@@ -133,6 +135,9 @@ pub struct Config {
     /// The models served, in the order ListModels reports them.
     #[serde(default)]
     pub models: Vec<ModelConfig>,
+    /// API keys; without this table every call is anonymous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
 }
 
 /// The `[server]` table.
@@ -531,11 +536,14 @@ impl Config {
     /// model: `cwd` defaults to `dir`, and a relative `cwd` is joined to
     /// `dir`; a program given as a relative path with a `/` in it
     /// (`./run.sh`, `venv/bin/python`) is joined to that working
-    /// directory. A bare program name (`python3`) is still looked up in
+    /// directory; so is `auth.keys_file`. A bare program name (`python3`) is still looked up in
     /// `PATH`, and the arguments are left as they are: the worker runs in
     /// that directory, so `["python3", "worker.py"]` finds a `worker.py`
-    /// next to the file. Nothing else in a configuration is a file path.
+    /// next to the file.
     pub fn resolve_paths(&mut self, dir: &Path) {
+        if let Some(auth) = &mut self.auth {
+            auth.keys_file = dir.join(&auth.keys_file);
+        }
         for process in self.models.iter_mut().filter_map(|m| m.process.as_mut()) {
             let cwd = match process.cwd.take() {
                 Some(cwd) => dir.join(cwd),
@@ -588,6 +596,21 @@ impl Config {
             *openai = openai.redacted();
         }
         config
+    }
+
+    /// Checks the files the configuration names (the API keys file), so
+    /// that `check-config` and `serve` refuse a bad one up front, naming
+    /// the key, the file and the entry at fault.
+    pub fn check_files(&self, source: &str) -> Result<(), ConfigError> {
+        if let Some(auth) = &self.auth {
+            crate::auth::keys::KeysFile::read(&auth.keys_file).map_err(|message| ConfigError {
+                source: source.to_string(),
+                line: None,
+                key: Some("auth.keys_file".into()),
+                message: format!("{}: {message}", auth.keys_file.display()),
+            })?;
+        }
+        Ok(())
     }
 
     /// Checks what serving needs from the machine and a file cannot show:

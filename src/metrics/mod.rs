@@ -89,6 +89,13 @@ pub const UPSTREAM_REQUESTS_TOTAL: &str = "infergate_upstream_requests_total";
 pub const UPSTREAM_UP: &str = "infergate_upstream_up";
 /// Requests in flight to an upstream.
 pub const UPSTREAM_INFLIGHT: &str = "infergate_upstream_inflight";
+/// Calls refused before any model was looked at: no API key, a malformed
+/// one, an unknown one.
+pub const AUTH_FAILURES_TOTAL: &str = "infergate_auth_failures_total";
+/// API keys loaded now.
+pub const AUTH_KEYS: &str = "infergate_auth_keys";
+/// Reloads of the keys file, by result.
+pub const AUTH_RELOADS_TOTAL: &str = "infergate_auth_reloads_total";
 /// Always 1, labelled with the version.
 pub const BUILD_INFO: &str = "infergate_build_info";
 
@@ -152,7 +159,7 @@ fn describe() {
     describe_counter!(
         REQUESTS_TOTAL,
         Unit::Count,
-        "RPCs finished, by model, method and gRPC code (requests)."
+        "RPCs finished, by model, method, gRPC code and tenant (the API key's name, or anonymous) (requests)."
     );
     describe_histogram!(
         REQUEST_DURATION,
@@ -177,7 +184,7 @@ fn describe() {
     describe_counter!(
         REJECTED_TOTAL,
         Unit::Count,
-        "Calls refused or expired, by reason: queue_full, deadline (expired, or refused at admission when the queue ahead cannot meet it), shutting_down, model_down (no worker ready), invalid_argument, not_found (requests)."
+        "Calls refused or expired, by reason: queue_full, deadline (expired, or refused at admission when the queue ahead cannot meet it), shutting_down, model_down (no worker ready), invalid_argument, not_found, permission_denied (the API key may not use the model), rate_limit, concurrency_limit (the key's limits); by tenant (requests)."
     );
     describe_counter!(
         CANCELLED_TOTAL,
@@ -262,6 +269,21 @@ fn describe() {
         UPSTREAM_INFLIGHT,
         Unit::Count,
         "Requests in flight to an upstream, retries included (requests)."
+    );
+    describe_counter!(
+        AUTH_FAILURES_TOTAL,
+        Unit::Count,
+        "Calls refused as UNAUTHENTICATED, by reason: missing (no authorization metadata), malformed (not `Bearer <key>`), unknown (no such key) (calls)."
+    );
+    describe_gauge!(
+        AUTH_KEYS,
+        Unit::Count,
+        "API keys loaded from the keys file now (keys)."
+    );
+    describe_counter!(
+        AUTH_RELOADS_TOTAL,
+        Unit::Count,
+        "Reads of a changed keys file, by result: ok (the new keys are in force) or error (the old keys stay) (reloads)."
     );
     describe_gauge!(
         BUILD_INFO,

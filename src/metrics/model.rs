@@ -1,7 +1,8 @@
 //! A model's metric handles, resolved once so that recording an event is a
 //! few atomic operations, with no registry lookup and no allocation.
 
-use std::sync::OnceLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, histogram};
@@ -13,9 +14,10 @@ use crate::metrics::{
     PROMPT_TOKENS_TOTAL, QUEUE_WAIT, REJECTED_TOTAL, REQUEST_DURATION, REQUESTS_TOTAL,
     TIME_TO_FIRST_TOKEN, WORKER_RESTARTS_TOTAL, recorder,
 };
+use crate::tenant::ANONYMOUS;
 
 /// The RPC a request came through: the `method` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
     /// `Generate`.
     Generate,
@@ -71,14 +73,40 @@ pub fn code_name(code: Code) -> &'static str {
 }
 
 /// The reasons counted in `infergate_rejected_total`.
-const REJECT_REASONS: [&str; 6] = [
+const REJECT_REASONS: [&str; 9] = [
     "queue_full",
     "deadline",
     "shutting_down",
     "model_down",
     "invalid_argument",
     "not_found",
+    "permission_denied",
+    "rate_limit",
+    "concurrency_limit",
 ];
+
+/// Most distinct tenants a model labels its series with; calls of any
+/// further tenant count under `other`, so the label set stays bounded
+/// whatever identities clients present.
+const MAX_TENANTS: usize = 1024;
+
+/// The tenant label of calls beyond [`MAX_TENANTS`].
+const OTHER_TENANT: &str = "other";
+
+/// Counters of tenants other than `anonymous`, registered on first use.
+#[derive(Default)]
+struct TenantCounters {
+    /// The tenants labelled so far (at most [`MAX_TENANTS`]).
+    names: HashSet<Arc<str>>,
+    counters: HashMap<(Arc<str>, TenantSeries), Counter>,
+}
+
+/// Which per-tenant series a counter is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum TenantSeries {
+    Requests(Method, usize),
+    Rejected(usize),
+}
 
 /// The reasons counted in `infergate_worker_restarts_total`: what
 /// [`crate::backend::Health::Restart`] and the pool report.
@@ -111,8 +139,12 @@ pub struct ModelMetrics {
     backend_duration: Histogram,
     time_to_first_token: Histogram,
     request_duration: [Histogram; METHODS],
+    /// Anonymous calls' counters, resolved once: the hot path of a
+    /// gateway without keys takes no lock.
     requests: [[OnceLock<Counter>; CODES]; METHODS],
     rejected: [OnceLock<Counter>; REJECT_REASONS.len()],
+    /// Other tenants' counters.
+    by_tenant: Mutex<TenantCounters>,
     cancelled: [OnceLock<Counter>; 2],
     panics: Counter,
     restarts: [OnceLock<Counter>; RESTART_REASONS.len()],
@@ -159,6 +191,7 @@ impl ModelMetrics {
             ],
             requests: Default::default(),
             rejected: Default::default(),
+            by_tenant: Mutex::default(),
             cancelled: Default::default(),
             restarts: Default::default(),
             panics: Counter::noop(),
@@ -167,29 +200,80 @@ impl ModelMetrics {
         }
     }
 
-    /// An RPC finished with `code` after `elapsed`.
-    pub fn request_finished(&self, method: Method, code: Code, elapsed: Duration) {
+    /// An RPC of `tenant` finished with `code` after `elapsed`.
+    pub fn request_finished(
+        &self,
+        method: Method,
+        code: Code,
+        elapsed: Duration,
+        tenant: &Arc<str>,
+    ) {
         self.request_duration[method.index()].record(elapsed.as_secs_f64());
-        let slot = &self.requests[method.index()][code as usize % CODES];
-        slot.get_or_init(|| {
+        let code = code as usize % CODES;
+        let register = |tenant: &str| {
             counter!(REQUESTS_TOTAL,
                 "model" => self.model.clone(),
                 "method" => method.as_str(),
-                "code" => code_name(code))
-        })
-        .increment(1);
-    }
-
-    /// Counts a refusal or expiry, if `error` is one.
-    pub fn rejected(&self, error: &Error) {
-        let reason = error.reason();
-        if let Some(i) = REJECT_REASONS.iter().position(|r| *r == reason) {
-            self.rejected[i]
-                .get_or_init(|| {
-                    counter!(REJECTED_TOTAL, "model" => self.model.clone(), "reason" => REJECT_REASONS[i])
-                })
+                "code" => code_name(Code::from(code as i32)),
+                "tenant" => tenant.to_string())
+        };
+        if &**tenant == ANONYMOUS {
+            self.requests[method.index()][code]
+                .get_or_init(|| register(ANONYMOUS))
+                .increment(1);
+        } else {
+            self.tenant_counter(tenant, TenantSeries::Requests(method, code), register)
                 .increment(1);
         }
+    }
+
+    /// Counts a refusal or expiry of a call of `tenant`, if `error` is one.
+    pub fn rejected(&self, error: &Error, tenant: &Arc<str>) {
+        let reason = error.reason();
+        let Some(i) = REJECT_REASONS.iter().position(|r| *r == reason) else {
+            return;
+        };
+        let register = |tenant: &str| {
+            counter!(REJECTED_TOTAL,
+                "model" => self.model.clone(),
+                "reason" => REJECT_REASONS[i],
+                "tenant" => tenant.to_string())
+        };
+        if &**tenant == ANONYMOUS {
+            self.rejected[i]
+                .get_or_init(|| register(ANONYMOUS))
+                .increment(1);
+        } else {
+            self.tenant_counter(tenant, TenantSeries::Rejected(i), register)
+                .increment(1);
+        }
+    }
+
+    /// The counter of a named tenant's series, registered on first use
+    /// (as `other` once [`MAX_TENANTS`] tenants have been seen).
+    fn tenant_counter(
+        &self,
+        tenant: &Arc<str>,
+        series: TenantSeries,
+        register: impl Fn(&str) -> Counter,
+    ) -> Counter {
+        let mut state = self
+            .by_tenant
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let label: Arc<str> = if state.names.contains(tenant) {
+            tenant.clone()
+        } else if state.names.len() < MAX_TENANTS {
+            state.names.insert(tenant.clone());
+            tenant.clone()
+        } else {
+            Arc::from(OTHER_TENANT)
+        };
+        state
+            .counters
+            .entry((label.clone(), series))
+            .or_insert_with(|| register(&label))
+            .clone()
     }
 
     /// A call to this model went to its fallback `to` for `reason`.
