@@ -262,6 +262,7 @@ impl WorkerPool {
             queue_capacity: self.shared.queue_capacity,
             busy: self.shared.running.busy(),
             queued: self.shared.queued(),
+            tenants_waiting: self.shared.tenants_waiting(),
             backend_calls: self.shared.calls.load(Ordering::Relaxed),
             inflight: self.shared.inflight.load(Ordering::Relaxed),
             busy_seconds: self.shared.running.busy_seconds(),
@@ -334,7 +335,6 @@ impl Shared {
     }
 
     /// Tenants with calls waiting.
-    #[allow(dead_code)] // for ListModels, next
     pub(crate) fn tenants_waiting(&self) -> usize {
         match &self.tasks {
             Some(tasks) => tasks.tenants_waiting(),
