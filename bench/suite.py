@@ -36,6 +36,7 @@ from common import (ROOT, Pinning, Servers, cpu_model, free_port, gateway_config
 from s1 import Overhead  # noqa: E402
 from s7 import Cache  # noqa: E402
 from s8 import Upstreams  # noqa: E402
+from s9 import Fairness  # noqa: E402
 
 
 class Suite:
@@ -425,6 +426,9 @@ of 1 on 2 cores).
     def s8_upstreams(self):
         Upstreams(self).run()
 
+    def s9_fairness(self):
+        Fairness(self).run()
+
     # -- output ------------------------------------------------------------
 
     def write(self, path, elapsed):
@@ -481,7 +485,7 @@ def main():
         sys.exit(f"--pinned needs 4 or more usable cores and taskset (cores: {len(suite.pinning.server_cpus)})")
     start = time.time()
     scenarios = [suite.s1_overhead, suite.s2_overlap, suite.s3_saturation, suite.s4_queueing, suite.s5_scale, suite.s6_cpu, suite.s7_cache,
-                 suite.s8_upstreams]
+                 suite.s8_upstreams, suite.s9_fairness]
     if args.only:
         wanted = set(args.only.split(","))
         scenarios = [s for s in scenarios if s.__name__.split("_")[0] in wanted]

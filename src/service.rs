@@ -169,6 +169,7 @@ impl Inference for InferenceService {
                     cache_entries: 0,
                     cache_bytes: 0,
                     cache_in_flight: 0,
+                    tenants_waiting: saturate(stats.tenants_waiting),
                 }
             })
             .collect::<Vec<_>>();

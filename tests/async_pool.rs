@@ -14,7 +14,8 @@ use infergate::backend::{
     BackendFuture, Completion, FinishReason, GenerateParams,
 };
 use infergate::config::{BackendKind, ModelConfig, ServerConfig};
-use infergate::gateway::Gateway;
+use infergate::gateway::{CallOptions, Gateway};
+use infergate::tenant::Caller;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -352,4 +353,46 @@ async fn shutdown_drains_the_tasks() {
             .await,
         0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_slots_go_to_tenants_in_turn() {
+    let mut h = harness("t-fair", 1, 16).await;
+    let gateway = h.server.gateway.clone();
+    let generate = |tenant: &str, prompt: &str| {
+        let gateway = gateway.clone();
+        let mut options = CallOptions::new(Instant::now(), None);
+        options.caller = Caller {
+            tenant: tenant.into(),
+            ..Caller::anonymous()
+        };
+        let request = request("t-fair", prompt);
+        tokio::spawn(async move { gateway.generate(request, options).await })
+    };
+    let holder = generate("a", "sleep 200");
+    assert_eq!(next(&mut h.seen).await, Seen::Started("sleep 200".into()));
+    let mut calls = Vec::new();
+    for i in 0..5 {
+        calls.push(generate("a", &format!("a{i}")));
+        h.server.wait_for("t-fair", |m| m.queued == i + 1).await;
+    }
+    // A call of A that leaves the queue gives up its turn.
+    calls.remove(1).abort();
+    h.server.wait_for("t-fair", |m| m.queued == 4).await;
+    calls.push(generate("b", "b0"));
+    h.server
+        .wait_for("t-fair", |m| m.queued == 5 && m.tenants_waiting == 2)
+        .await;
+    holder.await.expect("task").expect("holder");
+    let mut started = Vec::new();
+    while started.len() < 5 {
+        if let Seen::Started(prompt) = next(&mut h.seen).await {
+            started.push(prompt);
+        }
+    }
+    // B's call waits one turn, not behind A's four.
+    assert_eq!(started, ["a0", "b0", "a2", "a3", "a4"]);
+    for call in calls {
+        call.await.expect("task").expect("served");
+    }
 }

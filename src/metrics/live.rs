@@ -22,6 +22,8 @@ pub struct PoolStats {
     pub busy: usize,
     /// Calls waiting for a worker.
     pub queued: usize,
+    /// Tenants with calls waiting (they take turns).
+    pub tenants_waiting: usize,
     /// Backend calls started since start-up.
     pub backend_calls: u64,
     /// Calls admitted and not yet finished: queued, running, or streaming.

@@ -4,14 +4,17 @@
 //! [`JobQueue`]. Admission is a count, not a guess: a call takes one of
 //! `workers + queue_capacity` permits of a semaphore or is refused at once,
 //! and its job holds the permit until it has run (or left the queue), so
-//! "running + waiting" is bounded exactly. A call whose deadline the queue
-//! ahead of it cannot meet, at the model's recent backend times, is refused
-//! at once as well, rather than left to expire in the queue.
+//! "running + waiting" is bounded exactly. Waiting calls are served fairly
+//! between tenants (weighted round robin), by priority then arrival within
+//! one ([`fair`]). A call whose deadline the calls to be served before it
+//! cannot meet, at the model's recent backend times, is refused at once as
+//! well, rather than left to expire in the queue.
 //!
 //! A model whose backend is asynchronous ([`crate::backend::AsyncBackend`])
 //! has no worker threads: each admitted call is a task that waits for one
-//! of `workers` run permits and then runs the backend's future ([`task`]),
-//! under the same admission, deadlines, cancellation and metrics.
+//! of `workers` run slots, handed over in the same fair order
+//! ([`handoff`]), and then runs the backend's future ([`task`]), under the
+//! same admission, deadlines, cancellation and metrics.
 //!
 //! A handler [`WorkerPool::submit`]s a job and awaits the reply on a oneshot
 //! (or an mpsc for streams); waiting costs the caller a few hundred bytes of
@@ -21,6 +24,8 @@
 //! stop.
 
 mod estimate;
+mod fair;
+mod handoff;
 pub(crate) mod job;
 mod queue;
 mod running;
@@ -43,6 +48,7 @@ pub use crate::metrics::PoolStats;
 use crate::tenant::Caller;
 
 use estimate::BackendEstimate;
+use fair::Key;
 pub(crate) use job::{Job, Reply};
 use queue::JobQueue;
 use running::Running;
@@ -171,14 +177,18 @@ impl WorkerPool {
         reply: Reply,
     ) -> Result<Ticket, Error> {
         let shared = &self.shared;
-        // Fair queuing between tenants is not wired in yet.
-        let _ = place;
         if shared.down.load(Ordering::Acquire) >= shared.workers {
             return Err(shared.down_error());
         }
-        if let Some(wait) = shared.estimate.least_wait(shared.queued(), shared.workers)
-            && wait >= deadline.remaining()
-        {
+        // The whole queue first (one atomic load): only when it says no are
+        // the calls that would really go first counted, under the lock.
+        let too_late = |ahead| {
+            shared
+                .estimate
+                .least_wait(ahead, shared.workers)
+                .is_some_and(|wait| wait >= deadline.remaining())
+        };
+        if too_late(shared.queued()) && too_late(shared.ahead(place)) {
             return Err(Error::DeadlineExceeded {
                 model: shared.model.clone(),
                 deadline,
@@ -199,6 +209,8 @@ impl WorkerPool {
         if let Some(tasks) = &shared.tasks {
             let job = TaskJob {
                 params,
+                caller: place.caller.clone(),
+                priority: place.priority,
                 deadline,
                 received,
                 admitted: Instant::now(),
@@ -225,18 +237,18 @@ impl WorkerPool {
             span: tracing::Span::current(),
             _permit: permit,
         };
-        let Ok(id) = shared.queue.push(job) else {
+        let Ok(key) = shared.queue.push(place.caller, place.priority, job) else {
             return Err(Error::ShuttingDown);
         };
         // The last worker may have gone down (and failed the queue) since
         // the check above: then nobody would run this call.
         if shared.down.load(Ordering::Acquire) >= shared.workers
-            && shared.queue.remove(id).is_some()
+            && shared.queue.remove(key).is_some()
         {
             return Err(shared.down_error());
         }
         Ok(Ticket {
-            handle: Handle::Thread { id, cancel },
+            handle: Handle::Thread { key, cancel },
             _inflight: InflightGuard::new(shared),
             shared: shared.clone(),
             settled: false,
@@ -250,6 +262,7 @@ impl WorkerPool {
             queue_capacity: self.shared.queue_capacity,
             busy: self.shared.running.busy(),
             queued: self.shared.queued(),
+            tenants_waiting: self.shared.tenants_waiting(),
             backend_calls: self.shared.calls.load(Ordering::Relaxed),
             inflight: self.shared.inflight.load(Ordering::Relaxed),
             busy_seconds: self.shared.running.busy_seconds(),
@@ -313,6 +326,22 @@ impl Shared {
         }
     }
 
+    /// How many waiting calls would be served before a new one at `place`.
+    fn ahead(&self, place: Place<'_>) -> usize {
+        match &self.tasks {
+            Some(tasks) => tasks.ahead(place),
+            None => self.queue.ahead(place.caller, place.priority),
+        }
+    }
+
+    /// Tenants with calls waiting.
+    pub(crate) fn tenants_waiting(&self) -> usize {
+        match &self.tasks {
+            Some(tasks) => tasks.tenants_waiting(),
+            None => self.queue.tenants(),
+        }
+    }
+
     /// Records why a backend could not start, for the calls refused while
     /// the model is down.
     pub(crate) fn set_start_error(&self, message: String) {
@@ -340,7 +369,6 @@ impl Shared {
 /// Where a call waits in the queue: its tenant's share, and its priority
 /// among that tenant's calls.
 #[derive(Debug, Clone, Copy)]
-#[allow(dead_code)] // read by the fair queue, next
 pub(crate) struct Place<'a> {
     pub(crate) caller: &'a Caller,
     /// Already capped by the caller's `max_priority`.
@@ -360,8 +388,8 @@ pub(crate) struct Ticket {
 
 /// How a ticket reaches its call.
 enum Handle {
-    /// A job in the queue of worker threads, by id, and its cancel signal.
-    Thread { id: u64, cancel: CancelSignal },
+    /// A job in the queue of worker threads, by key, and its cancel signal.
+    Thread { key: Key, cancel: CancelSignal },
     /// A task's cancellation.
     Task(TaskHandle),
 }
@@ -382,8 +410,8 @@ impl Ticket {
         self.settled = true;
         match &self.handle {
             Handle::Task(task) => Some(task.cancel()),
-            Handle::Thread { id, cancel } => {
-                if self.shared.queue.remove(*id).is_some() {
+            Handle::Thread { key, cancel } => {
+                if self.shared.queue.remove(*key).is_some() {
                     Some(Stage::Queued)
                 } else {
                     cancel.cancel();

@@ -1,19 +1,21 @@
-//! The FIFO in front of a model's workers.
+//! The queue in front of a model's workers: a [`FairQueue`] (round robin
+//! between tenants, priority then arrival within one) behind a lock, and
+//! the wake-ups of the workers waiting on it.
 //!
 //! Its bound is not kept here: admission takes a permit of the pool's
 //! semaphore first (see [`super::WorkerPool::submit`]), so the queue never
 //! holds more than `workers + queue_capacity` jobs and needs no count of
 //! idle workers. Unlike a plain channel, a job can leave from the middle: a
 //! call whose client went away (or whose deadline passed) gives its place
-//! back at once, instead of holding it until a worker reaches it. Removal
-//! marks the slot empty (found by binary search on the job id, since ids
-//! only grow), and empty slots are compacted away once they outnumber live
-//! jobs, so memory stays bounded.
+//! back at once, instead of holding it until a worker reaches it (by its
+//! [`Key`], in O(log n); see [`super::fair`] for how memory stays bounded).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
+
+use super::fair::{FairQueue, Key};
+use crate::tenant::Caller;
 
 /// How many times the spinning idle worker yields before it sleeps.
 const SPIN_YIELDS: u32 = 3;
@@ -21,7 +23,7 @@ const SPIN_YIELDS: u32 = 3;
 /// What a worker's wait for a job gave.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Popped<T> {
-    /// The oldest waiting job.
+    /// The next waiting job in fair order.
     Job(T),
     /// Nothing came before the given instant.
     Timeout,
@@ -29,7 +31,7 @@ pub(crate) enum Popped<T> {
     Closed,
 }
 
-/// A closable FIFO with removal by id. Workers block in `pop`.
+/// A closable fair queue with removal by key. Workers block in `pop`.
 pub(crate) struct JobQueue<T> {
     state: Mutex<State<T>>,
     /// Signalled when a job arrives or the queue closes.
@@ -44,12 +46,8 @@ pub(crate) struct JobQueue<T> {
 }
 
 struct State<T> {
-    /// Jobs in arrival order with their ids; `None` marks a removed job.
-    slots: VecDeque<(u64, Option<T>)>,
-    /// The id the next job gets.
-    next_id: u64,
-    /// Slots that hold a job.
-    live: usize,
+    /// The waiting jobs, in the order they are to be served.
+    jobs: FairQueue<T>,
     /// Workers asleep on the condition variable: the only ones a push must
     /// wake (a notify is a syscall even with nobody waiting).
     sleeping: usize,
@@ -66,9 +64,7 @@ impl<T> JobQueue<T> {
     pub(crate) fn new() -> Self {
         JobQueue {
             state: Mutex::new(State {
-                slots: VecDeque::new(),
-                next_id: 0,
-                live: 0,
+                jobs: FairQueue::new(),
                 sleeping: 0,
                 spinning: false,
                 owed_wakes: 0,
@@ -86,18 +82,15 @@ impl<T> JobQueue<T> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a job, returning its id, or gives it back if the queue is
-    /// closed.
-    pub(crate) fn push(&self, job: T) -> Result<u64, T> {
+    /// Adds a job of `caller` at `priority`, returning its key, or gives it
+    /// back if the queue is closed.
+    pub(crate) fn push(&self, caller: &Caller, priority: u32, job: T) -> Result<Key, T> {
         let mut state = self.lock();
         if state.closed {
             return Err(job);
         }
-        let id = state.next_id;
-        state.next_id += 1;
-        state.slots.push_back((id, Some(job)));
-        state.live += 1;
-        self.len.store(state.live, Ordering::Relaxed);
+        let key = state.jobs.push(caller, priority, job);
+        self.len.store(state.jobs.len(), Ordering::Relaxed);
         // Busy workers find the job themselves when they come back.
         let wake = state.sleeping > 0 && !state.spinning;
         if state.sleeping > 0 && state.spinning {
@@ -107,25 +100,30 @@ impl<T> JobQueue<T> {
         if wake {
             self.ready.notify_one();
         }
-        Ok(id)
+        Ok(key)
     }
 
     /// Takes a job out of the queue if it is still waiting.
-    pub(crate) fn remove(&self, id: u64) -> Option<T> {
+    pub(crate) fn remove(&self, key: Key) -> Option<T> {
         let mut state = self.lock();
-        let index = state.slots.binary_search_by_key(&id, |(i, _)| *i).ok()?;
-        let job = state.slots[index].1.take()?;
-        state.live -= 1;
-        self.len.store(state.live, Ordering::Relaxed);
-        // Keep the dead slots from piling up behind a long-running call.
-        if state.slots.len() > 2 * state.live + 64 {
-            state.slots.retain(|(_, job)| job.is_some());
-        }
+        let job = state.jobs.remove(key)?;
+        self.len.store(state.jobs.len(), Ordering::Relaxed);
         Some(job)
     }
 
-    /// Blocks until a job is available and takes the oldest one; `None` once
-    /// the queue is closed and empty.
+    /// How many waiting jobs would be served before a new one of `caller`
+    /// at `priority` (see [`FairQueue::ahead`]).
+    pub(crate) fn ahead(&self, caller: &Caller, priority: u32) -> usize {
+        self.lock().jobs.ahead(caller, priority)
+    }
+
+    /// Tenants with jobs waiting.
+    pub(crate) fn tenants(&self) -> usize {
+        self.lock().jobs.tenants()
+    }
+
+    /// Blocks until a job is available and takes the next one in fair
+    /// order; `None` once the queue is closed and empty.
     #[cfg(test)]
     pub(crate) fn pop(&self) -> Option<T> {
         match self.pop_until(None) {
@@ -140,30 +138,28 @@ impl<T> JobQueue<T> {
     pub(crate) fn pop_until(&self, until: Option<Instant>) -> Popped<T> {
         let mut state = self.lock();
         loop {
-            while let Some((_, slot)) = state.slots.pop_front() {
-                if let Some(job) = slot {
-                    state.live -= 1;
-                    self.len.store(state.live, Ordering::Relaxed);
-                    // Pushes made while a worker spun woke nobody: if calls
-                    // are left, pay one of those wake-ups now, or the calls
-                    // would wait for this worker's call to end while others
-                    // sleep. Only owed ones: a push that found nobody asleep
-                    // is taken by a busy worker coming back.
-                    let wake = state.live > 0
-                        && state.owed_wakes > 0
-                        && state.sleeping > 0
-                        && !self.short_calls.load(Ordering::Relaxed);
-                    if wake {
-                        state.owed_wakes -= 1;
-                    } else if state.live == 0 {
-                        state.owed_wakes = 0;
-                    }
-                    drop(state);
-                    if wake {
-                        self.ready.notify_one();
-                    }
-                    return Popped::Job(job);
+            if let Some(job) = state.jobs.pop() {
+                let live = state.jobs.len();
+                self.len.store(live, Ordering::Relaxed);
+                // Pushes made while a worker spun woke nobody: if calls are
+                // left, pay one of those wake-ups now, or the calls would
+                // wait for this worker's call to end while others sleep.
+                // Only owed ones: a push that found nobody asleep is taken
+                // by a busy worker coming back.
+                let wake = live > 0
+                    && state.owed_wakes > 0
+                    && state.sleeping > 0
+                    && !self.short_calls.load(Ordering::Relaxed);
+                if wake {
+                    state.owed_wakes -= 1;
+                } else if live == 0 {
+                    state.owed_wakes = 0;
                 }
+                drop(state);
+                if wake {
+                    self.ready.notify_one();
+                }
+                return Popped::Job(job);
             }
             if state.closed {
                 return Popped::Closed;
@@ -183,7 +179,7 @@ impl<T> JobQueue<T> {
                 }
                 state = self.lock();
                 state.spinning = false;
-                if state.live > 0 || state.closed {
+                if state.jobs.len() > 0 || state.closed {
                     continue;
                 }
             }
@@ -203,7 +199,8 @@ impl<T> JobQueue<T> {
                 }
             };
             state.sleeping -= 1;
-            if state.live == 0 && !state.closed && until.is_some_and(|u| Instant::now() >= u) {
+            if state.jobs.len() == 0 && !state.closed && until.is_some_and(|u| Instant::now() >= u)
+            {
                 return Popped::Timeout;
             }
         }
@@ -219,8 +216,7 @@ impl<T> JobQueue<T> {
     /// Takes every waiting job out (when the shutdown grace runs out).
     pub(crate) fn drain(&self) -> Vec<T> {
         let mut state = self.lock();
-        let jobs: Vec<T> = state.slots.drain(..).filter_map(|(_, job)| job).collect();
-        state.live = 0;
+        let jobs = state.jobs.drain();
         self.len.store(0, Ordering::Relaxed);
         jobs
     }
@@ -244,13 +240,18 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    /// Pushes a job of the anonymous tenant.
+    fn push<T>(queue: &JobQueue<T>, job: T) -> Result<Key, T> {
+        queue.push(&Caller::anonymous(), 0, job)
+    }
+
     #[test]
     fn fifo_order() {
         let queue = JobQueue::new();
-        queue.push(1).unwrap();
-        queue.push(2).unwrap();
+        push(&queue, 1).unwrap();
+        push(&queue, 2).unwrap();
         assert_eq!(queue.pop(), Some(1));
-        queue.push(3).unwrap();
+        push(&queue, 3).unwrap();
         assert_eq!(queue.pop(), Some(2));
         assert_eq!(queue.pop(), Some(3));
     }
@@ -258,26 +259,45 @@ mod tests {
     #[test]
     fn removed_job_frees_its_place_and_is_skipped() {
         let queue = JobQueue::new();
-        let a = queue.push("a").unwrap();
-        queue.push("b").unwrap();
+        let a = push(&queue, "a").unwrap();
+        push(&queue, "b").unwrap();
         assert_eq!(queue.remove(a), Some("a"));
         assert_eq!(queue.remove(a), None);
         assert_eq!(queue.len(), 1);
-        queue.push("c").unwrap();
+        push(&queue, "c").unwrap();
         assert_eq!(queue.pop(), Some("b"));
         assert_eq!(queue.pop(), Some("c"));
     }
 
     #[test]
-    fn dead_slots_are_compacted() {
+    fn removed_jobs_do_not_stay_behind() {
         let queue = JobQueue::new();
-        queue.push(0).unwrap();
+        push(&queue, 0).unwrap();
         for i in 0..10_000 {
-            let id = queue.push(i).unwrap();
+            let id = push(&queue, i).unwrap();
             queue.remove(id).unwrap();
         }
-        assert!(queue.lock().slots.len() <= 64 + 2);
+        assert_eq!(queue.len(), 1);
         assert_eq!(queue.pop(), Some(0));
+    }
+
+    #[test]
+    fn tenants_take_turns_behind_the_lock() {
+        let queue = JobQueue::new();
+        let a = Caller {
+            tenant: "a".into(),
+            ..Caller::anonymous()
+        };
+        for i in 0..10 {
+            queue.push(&a, 0, i).unwrap();
+        }
+        push(&queue, 100).unwrap();
+        assert_eq!(queue.tenants(), 2);
+        // A new anonymous call is its tenant's second: two rounds, two of A's.
+        assert_eq!(queue.ahead(&Caller::anonymous(), 0), 3);
+        assert_eq!(queue.pop(), Some(0));
+        assert_eq!(queue.pop(), Some(100));
+        assert_eq!(queue.len(), 9);
     }
 
     #[test]
@@ -286,14 +306,14 @@ mod tests {
         let until = Instant::now() + Duration::from_millis(20);
         assert_eq!(queue.pop_until(Some(until)), Popped::Timeout);
         assert!(Instant::now() >= until);
-        queue.push(5).unwrap();
+        push(&queue, 5).unwrap();
         assert_eq!(queue.pop_until(Some(until)), Popped::Job(5));
     }
 
     #[test]
     fn close_wakes_idle_workers_after_the_queue_drains() {
         let queue = Arc::new(JobQueue::new());
-        queue.push(7).unwrap();
+        push(&queue, 7).unwrap();
         let worker = {
             let queue = queue.clone();
             std::thread::spawn(move || {
@@ -305,7 +325,7 @@ mod tests {
             })
         };
         queue.close();
-        assert_eq!(queue.push(8), Err(8));
+        assert_eq!(push(&queue, 8), Err(8));
         assert_eq!(worker.join().unwrap(), vec![7]);
     }
 
@@ -327,8 +347,8 @@ mod tests {
             std::thread::yield_now();
         }
         queue.lock().spinning = true;
-        queue.push(1).unwrap();
-        queue.push(2).unwrap();
+        push(&queue, 1).unwrap();
+        push(&queue, 2).unwrap();
         assert_eq!(queue.lock().owed_wakes, 2);
         queue.lock().spinning = false;
         assert_eq!(queue.pop_until(None), Popped::Job(1));
@@ -350,7 +370,7 @@ mod tests {
             }
             std::thread::yield_now();
         }
-        queue.push(2).unwrap();
+        push(&queue, 2).unwrap();
         assert_eq!(worker.join().unwrap(), Some(2));
     }
 }

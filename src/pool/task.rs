@@ -3,32 +3,35 @@
 //!
 //! Admission is the pool's own (the same permit of `workers +
 //! queue_capacity`, the same deadline check). An admitted call becomes a
-//! task that waits for one of `workers` run permits (a fair semaphore, so
-//! calls start in arrival order: the queue), then runs the backend's future.
+//! task that waits for one of `workers` run slots (handed over in fair
+//! order between tenants, by priority then arrival within one: the queue,
+//! see [`super::handoff`]), then runs the backend's future.
 //! The handler keeps a [`TaskHandle`] in its ticket: dropping the ticket
 //! cancels the task, which drops the backend's future wherever it is (an
-//! HTTP request in flight is aborted), and the permits go back. Busy
+//! HTTP request in flight is aborted), and its permit and slot go back. Busy
 //! workers, busy-seconds, queue waits and backend times are recorded as for
 //! worker threads, so the metrics mean the same.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{AsyncBackend, AsyncContext, BackendError, GenerateParams};
 use crate::deadline::Deadline;
 use crate::error::{Error, Stage};
 use crate::outcome::{CallResult, Outcome, Route, StreamItem, Timing};
-use crate::pool::Shared;
+use crate::pool::handoff::RunSlots;
 use crate::pool::job::Reply;
 use crate::pool::worker::panic_message;
+use crate::pool::{Place, Shared};
+use crate::tenant::Caller;
 
-/// A call waiting for a run permit.
+/// A call waiting for a run slot.
 const WAITING: u8 = 0;
 /// A call inside the backend.
 const RUNNING: u8 = 1;
@@ -36,14 +39,13 @@ const RUNNING: u8 = 1;
 /// What a pool of tasks adds to the shared pool state.
 pub(crate) struct Tasks {
     backend: Arc<dyn AsyncBackend>,
-    /// `workers` permits: calls inside the backend.
-    run: Arc<Semaphore>,
-    /// Calls admitted and waiting for a run permit.
+    /// `workers` slots (of the pool's `Running` table): calls inside the
+    /// backend.
+    run: RunSlots,
+    /// Calls admitted and waiting for a run slot.
     waiting: AtomicUsize,
     /// Tasks not yet ended (shutdown waits for them as for threads).
     alive: AtomicUsize,
-    /// Free slots of the pool's `Running` table, one per run permit.
-    slots: Mutex<Vec<usize>>,
     /// Cancelled by a forced shutdown: every task ends now.
     abort: CancellationToken,
 }
@@ -52,17 +54,26 @@ impl Tasks {
     pub(crate) fn new(backend: Arc<dyn AsyncBackend>, workers: usize) -> Self {
         Tasks {
             backend,
-            run: Arc::new(Semaphore::new(workers.min(Semaphore::MAX_PERMITS))),
+            run: RunSlots::new(workers),
             waiting: AtomicUsize::new(0),
             alive: AtomicUsize::new(0),
-            slots: Mutex::new((0..workers).rev().collect()),
             abort: CancellationToken::new(),
         }
     }
 
-    /// Calls waiting for a run permit.
+    /// Calls waiting for a run slot.
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// How many waiting calls would start before a new one at `place`.
+    pub(crate) fn ahead(&self, place: Place<'_>) -> usize {
+        self.run.ahead(place)
+    }
+
+    /// Tenants with calls waiting.
+    pub(crate) fn tenants_waiting(&self) -> usize {
+        self.run.tenants()
     }
 
     /// Tasks that have not ended.
@@ -76,22 +87,6 @@ impl Tasks {
         let waiting = self.waiting();
         self.abort.cancel();
         (waiting, running)
-    }
-
-    fn take_slot(&self) -> usize {
-        // A run permit is held, so a slot is free.
-        self.slots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
-            .unwrap_or(0)
-    }
-
-    fn free_slot(&self, slot: usize) {
-        self.slots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(slot);
     }
 }
 
@@ -115,6 +110,10 @@ impl TaskHandle {
 /// One admitted call of a task pool.
 pub(crate) struct TaskJob {
     pub(crate) params: GenerateParams,
+    /// Whose turn in the queue it takes.
+    pub(crate) caller: Caller,
+    /// Its priority among its tenant's calls (already capped).
+    pub(crate) priority: u32,
     pub(crate) deadline: Deadline,
     pub(crate) received: Instant,
     /// When the call was admitted (its queue wait counts from here).
@@ -165,6 +164,8 @@ async fn run(shared: &Shared, job: TaskJob, cancel: CancellationToken, state: Ar
     let Some(tasks) = &shared.tasks else { return };
     let TaskJob {
         params,
+        caller,
+        priority,
         deadline,
         received,
         admitted,
@@ -173,7 +174,7 @@ async fn run(shared: &Shared, job: TaskJob, cancel: CancellationToken, state: Ar
         permit: _permit,
     } = job;
     let model = || shared.model.clone();
-    // Wait for a run permit: the queue.
+    // Wait for a run slot: the queue.
     let waited = tokio::select! {
         biased;
         () = cancel.cancelled() => None,
@@ -183,19 +184,16 @@ async fn run(shared: &Shared, job: TaskJob, cancel: CancellationToken, state: Ar
             deadline,
             stage: Stage::Queued,
         })),
-        permit = tasks.run.clone().acquire_owned() => match permit {
-            Ok(permit) => Some(Ok(permit)),
-            Err(_) => Some(Err(Error::ShuttingDown)),
-        },
+        slot = tasks.run.acquire(&caller, priority) => Some(slot.ok_or(Error::ShuttingDown)),
     };
     tasks.waiting.fetch_sub(1, Ordering::Relaxed);
-    let _run = match waited {
+    let run_slot = match waited {
         None => return,
         Some(Err(error)) => {
             finish(reply, Err(error), &deadline).await;
             return;
         }
-        Some(Ok(permit)) => permit,
+        Some(Ok(slot)) => slot,
     };
     state.store(RUNNING, Ordering::Release);
 
@@ -203,7 +201,7 @@ async fn run(shared: &Shared, job: TaskJob, cancel: CancellationToken, state: Ar
     let queue_wait = picked - admitted;
     shared.calls.fetch_add(1, Ordering::Relaxed);
     shared.metrics.queue_wait(queue_wait);
-    let slot = tasks.take_slot();
+    let slot = run_slot.index();
     shared.running.begin(slot, None);
     let mut ctx = match &reply {
         Reply::Whole(_) => AsyncContext::collect(deadline.at()),
@@ -220,7 +218,6 @@ async fn run(shared: &Shared, job: TaskJob, cancel: CancellationToken, state: Ar
         }
     };
     let backend_time = shared.running.end(slot);
-    tasks.free_slot(slot);
     shared.metrics.backend_call(backend_time);
 
     let result: CallResult = match ended {
