@@ -3,9 +3,10 @@
 //! backlog; weights share the workers; priorities order one tenant's calls;
 //! the queue bound and cancellation stay exact.
 //!
-//! Tenants come from API keys, which do not exist yet: these tests call
+//! The flood scenario runs through gRPC with two API keys. The others call
 //! the served gateway through the library (`Gateway::generate` with a
-//! `Caller`), next to a real server; priorities go through gRPC.
+//! `Caller`, to set weights without a keys file each), next to a real
+//! server; priorities go through gRPC.
 
 mod common;
 
@@ -59,57 +60,113 @@ impl Drop for AbortOnDrop {
 /// A's backlog: kept at about this many queued calls.
 const BACKLOG: usize = 200;
 
-/// The queue waits (server-reported) of `calls` calls of B, one every
-/// 100 ms, while A keeps [`BACKLOG`] calls queued on 4 workers of 50 ms.
+/// A Generate call over gRPC with an API key, started in the background.
+fn keyed_call(
+    client: &Client,
+    key: &str,
+    prompt: String,
+) -> JoinHandle<Result<proto::GenerateResponse, tonic::Status>> {
+    let mut client = client.clone();
+    let mut message = tonic::Request::new(request("fair", &prompt));
+    let value = format!("Bearer {key}").parse().expect("ascii key");
+    message.metadata_mut().insert("authorization", value);
+    tokio::spawn(async move { client.generate(message).await.map(|r| r.into_inner()) })
+}
+
+type Client = proto::inference_client::InferenceClient<tonic::transport::Channel>;
+
+/// The queue waits (server-reported) of `calls` calls made with key `b`,
+/// one every 100 ms, while key `a` keeps [`BACKLOG`] calls queued on 4
+/// workers of 50 ms. Everything goes through gRPC with API keys.
 async fn b_waits_behind_a_flood(
     server: &TestServer,
-    a: &Caller,
-    b: &Caller,
+    a: &str,
+    b: &str,
     calls: usize,
 ) -> Vec<Duration> {
+    let client = server.client().await;
     let gateway = server.gateway.clone();
     let model = |g: &Gateway| g.models()[0].stats();
     let flood = tokio::spawn({
-        let (gateway, a) = (gateway.clone(), a.clone());
+        let (a, client) = (a.to_string(), client.clone());
         async move {
-            let mut calls = AbortOnDrop(Vec::new());
+            let mut calls = Vec::new();
             let mut sent = 0;
             loop {
-                let queued = model(&gateway).queued;
-                for _ in queued..BACKLOG {
-                    calls.0.push(call(&gateway, "fair", &a, format!("a{sent}")));
+                // Calls in transit are not queued yet: count A's calls
+                // alive (4 running, the rest queued or on their way).
+                calls.retain(|c: &AbortOnDropCall<_>| !c.0.is_finished());
+                for _ in calls.len()..BACKLOG + 4 {
+                    calls.push(AbortOnDropCall(keyed_call(&client, &a, format!("a{sent}"))));
                     sent += 1;
                 }
-                // Aborting this task drops the guard: A's calls leave.
-                calls.0.retain(|c| !c.is_finished());
+                // Aborting this task drops the calls: A's calls leave.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     });
-    server
-        .wait_for("fair", |m| m.queued as usize >= BACKLOG)
-        .await;
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while model(&gateway).queued < BACKLOG {
+        assert!(Instant::now() < give_up, "A's backlog never built up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let mut b_calls = Vec::new();
     for i in 0..calls {
-        b_calls.push(call(&gateway, "fair", b, format!("b{i}")));
+        b_calls.push(keyed_call(&client, b, format!("b{i}")));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut waits = Vec::new();
     for b_call in b_calls {
-        let outcome = b_call.await.expect("task").expect("B's call is served");
-        waits.push(outcome.timing.queue_wait);
+        let response = b_call.await.expect("task").expect("B's call is served");
+        let timing = response.timing.expect("timing");
+        waits.push(Duration::from_micros(timing.queue_wait_us));
     }
     flood.abort();
     let _ = flood.await;
-    server.wait_for("fair", |m| m.queued == 0).await;
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while model(&gateway).queued > 0 {
+        assert!(Instant::now() < give_up, "A's calls never left");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     waits.sort();
     waits
 }
 
+/// A gRPC call that is cancelled when dropped.
+struct AbortOnDropCall<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDropCall<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_tenant_delays_another_by_one_turn_not_its_backlog() {
-    let server = TestServer::start(&simulated("fair", 50, 4, 512)).await;
-    let (a, b) = (tenant("a", 1), tenant("b", 1));
+    let dir = std::env::temp_dir().join(format!("infergate-fair-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let keys = dir.join("keys.toml");
+    let _ = std::fs::remove_file(&keys);
+    let add = |name: &str| {
+        infergate::auth::command::add(&infergate::auth::command::AddArgs {
+            name: name.into(),
+            file: keys.clone(),
+            models: None,
+            rate: None,
+            burst: None,
+            concurrency: None,
+            max_priority: 0,
+            weight: 1,
+        })
+        .expect("add a key")
+    };
+    let (a, b) = (add("team-a"), add("team-b"));
+    let config = format!(
+        "[auth]\nkeys_file = \"{}\"\n{}",
+        keys.display(),
+        simulated("fair", 50, 4, 512)
+    );
+    let server = TestServer::start(&config).await;
     let fair = b_waits_behind_a_flood(&server, &a, &b, 20).await;
     let p50 = fair[fair.len() / 2];
     let p99 = fair[fair.len() - 1];
@@ -119,8 +176,8 @@ async fn a_flooding_tenant_delays_another_by_one_turn_not_its_backlog() {
     assert!(p50 <= Duration::from_millis(100), "p50 {p50:?}: {fair:?}");
     assert!(p99 <= Duration::from_millis(250), "p99 {p99:?}: {fair:?}");
 
-    // The same calls sent as A's own wait behind A's backlog: the scenario
-    // is one where fairness matters.
+    // The same calls made with A's key wait behind A's backlog: the
+    // scenario is one where fairness matters.
     let unfair = b_waits_behind_a_flood(&server, &a, &a, 5).await;
     let p50 = unfair[unfair.len() / 2];
     eprintln!(
@@ -128,6 +185,7 @@ async fn a_flooding_tenant_delays_another_by_one_turn_not_its_backlog() {
         unfair[unfair.len() - 1]
     );
     assert!(p50 >= Duration::from_millis(1500), "p50 {p50:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
