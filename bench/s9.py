@@ -7,15 +7,10 @@ waiting) while tenant B sends one call every 100 ms (an open loop,
 served in the next turn, about one service time), and B with A's key (the
 same tenant: behind A's 200, about 200 / 4 x 50 ms = 2.5 s).
 
-A tenant is an API key's name; over gRPC nothing else sets it.
-
-TODO(auth): disabled until API keys land. The interface this is written
-against: `infergate keys add NAME --file PATH` prints the new key on
-stdout; calls carry it as `authorization: Bearer <key>` metadata; the
-server reads the key file from `[auth] keys_file` (the config key is a
-guess: fix `AUTH_CONFIG` to the real one), then set `ENABLED = True`.
-Until then the scenario writes one info row saying it did not run; the
-same figures are checked in-process by tests/fairness.rs.
+A tenant is an API key's name: `infergate keys add NAME --file PATH`
+prints a new key, calls carry it as `authorization: Bearer <key>`
+metadata, and the gateway reads the file named by `[auth] keys_file`.
+tests/fairness.rs checks the same scenario at a smaller scale.
 """
 
 import json
@@ -27,8 +22,6 @@ import svg
 from common import ROOT, model
 
 SCENARIO = "S9 fair queuing"
-# TODO(auth): True once `infergate keys` and `authorization: Bearer` exist.
-ENABLED = False
 LATENCY_MS = 50
 WORKERS = 4
 BACKLOG = 200                    # A's calls waiting
@@ -36,7 +29,6 @@ QUEUE = 512
 B_RPS = 10
 B_CALLS = 20
 TARGET_MS = 2 * LATENCY_MS       # B's p99 queue wait: at most two service times
-# TODO(auth): the real config table that names the key file.
 AUTH_CONFIG = '[auth]\nkeys_file = "{keys}"\n'
 
 
@@ -77,11 +69,8 @@ class Fairness:
 
     def run(self):
         suite = self.suite
-        if not ENABLED:
-            suite.info(SCENARIO, "not run", "n/a",
-                       "tenants come from API keys, which are not there yet (tests/fairness.rs checks the same "
-                       "scenario in-process)")
-            return
+        if os.path.exists(self.keys):
+            os.remove(self.keys)
         key_a, key_b = self.add_key("s9-a"), self.add_key("s9-b")
         models = [AUTH_CONFIG.format(keys=self.keys), model("fair", LATENCY_MS, WORKERS, QUEUE)]
         address, _, gw = suite.start_gateway(models, "s9-gateway")
