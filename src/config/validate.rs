@@ -55,6 +55,9 @@ impl Config {
             MAX_CONCURRENT_STREAMS,
         )?;
         validate_connection_limits(server)?;
+        if let Some(tls) = &server.tls {
+            tls.validate()?;
+        }
         in_range(
             "server.max_batch_items",
             server.max_batch_items,
