@@ -94,6 +94,7 @@ impl ServeArgs {
             Some(path) => {
                 let config = Config::from_file(path)?;
                 config.check_environment(&path.display().to_string())?;
+                check_tls_files(&config, path)?;
                 config
             }
             None => Config::embedded_default()?,
@@ -249,8 +250,22 @@ fn serve(args: &ServeArgs) -> ExitCode {
     }
 }
 
+/// The files of `[server.tls]` checked (their contents, not only their
+/// names), as a config error naming the key and the file.
+fn check_tls_files(config: &Config, path: &std::path::Path) -> Result<(), ConfigError> {
+    crate::server::check_tls_files(&config.server).map_err(|e| ConfigError {
+        source: path.display().to_string(),
+        line: None,
+        key: Some(e.key.to_string()),
+        message: format!("{}: {}", e.path.display(), e.problem),
+    })
+}
+
 fn check_config(file: &std::path::Path) -> ExitCode {
-    match Config::from_file(file) {
+    match Config::from_file(file).and_then(|config| {
+        check_tls_files(&config, file)?;
+        Ok(config)
+    }) {
         Ok(config) => {
             println!("# {}: valid; the effective configuration:", file.display());
             // Credentials in URLs are printed as `***`.

@@ -89,6 +89,8 @@ pub const UPSTREAM_REQUESTS_TOTAL: &str = "infergate_upstream_requests_total";
 pub const UPSTREAM_UP: &str = "infergate_upstream_up";
 /// Requests in flight to an upstream.
 pub const UPSTREAM_INFLIGHT: &str = "infergate_upstream_inflight";
+/// Reloads of the TLS files, by result (`ok`, `error`).
+pub const TLS_RELOADS_TOTAL: &str = "infergate_tls_reloads_total";
 /// Always 1, labelled with the version.
 pub const BUILD_INFO: &str = "infergate_build_info";
 
@@ -262,6 +264,11 @@ fn describe() {
         UPSTREAM_INFLIGHT,
         Unit::Count,
         "Requests in flight to an upstream, retries included (requests)."
+    );
+    describe_counter!(
+        TLS_RELOADS_TOTAL,
+        Unit::Count,
+        "Reloads of the [server.tls] files (on a change or SIGHUP), by result: ok, or error (the certificate in use was kept; the log says why) (reloads)."
     );
     describe_gauge!(
         BUILD_INFO,
