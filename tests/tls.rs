@@ -151,17 +151,11 @@ async fn mtls_required_refuses_a_client_without_a_certificate() {
     match tls_channel(server.addr, &pki.ca_pem, None).await {
         Err(_) => {}
         Ok(channel) => {
-            let status = list_models(channel)
-                .await
-                .expect_err("served without a cert");
-            // The client's own reading of a connection its server ended.
-            assert!(
-                matches!(
-                    status.code(),
-                    tonic::Code::Unavailable | tonic::Code::Cancelled
-                ),
-                "{status:?}"
-            );
+            // How the client reads the server's refusal varies with the
+            // race (UNAVAILABLE, CANCELLED, or UNKNOWN for a broken pipe);
+            // what matters is that the call is not served.
+            let refused = list_models(channel).await;
+            assert!(refused.is_err(), "served without a cert: {refused:?}");
         }
     }
     let channel = tls_channel(server.addr, &pki.ca_pem, Some(alice))
@@ -265,8 +259,11 @@ async fn a_changed_certificate_is_served_to_new_connections_without_a_restart() 
     let _ = std::fs::remove_dir_all(&pki.dir);
 }
 
-/// A TLS client of `/metrics`: the response to a GET, as text.
-async fn get_metrics_tls(addr: &str, ca_pem: &str) -> String {
+/// A raw TLS connection to `addr` (no ALPN), trusting `ca_pem`.
+async fn tls_connect(
+    addr: &str,
+    ca_pem: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -282,7 +279,32 @@ async fn get_metrics_tls(addr: &str, ca_pem: &str) -> String {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let name = ServerName::try_from("localhost").expect("name");
-    let mut tls = connector.connect(name, tcp).await.expect("TLS to /metrics");
+    connector.connect(name, tcp).await.expect("TLS handshake")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_without_calls_is_closed_like_a_plain_one() {
+    let pki = Pki::new(&test_dir("idle"), "ca");
+    pki.leaf("server", "server");
+    let config = format!(
+        "[server]\nfirst_call_timeout_seconds = 1\n{}",
+        tls_table(&pki, "")
+    );
+    let server = TestServer::start(&config).await;
+    let mut tls = tls_connect(&server.addr.to_string(), &pki.ca_pem).await;
+    let started = Instant::now();
+    // The server's HTTP/2 SETTINGS may come first; then the end.
+    let mut sent = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut sent))
+        .await
+        .expect("closed within 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}
+
+/// A TLS client of `/metrics`: the response to a GET, as text.
+async fn get_metrics_tls(addr: &str, ca_pem: &str) -> String {
+    let mut tls = tls_connect(addr, ca_pem).await;
     tls.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .expect("send");

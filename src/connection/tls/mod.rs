@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use metrics::{Counter, counter};
+use metrics::counter;
 use rustls::ServerConfig;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -50,8 +50,6 @@ pub(crate) struct ServerTls {
     settings: TlsConfig,
     /// Read (and the `Arc` cloned) once per handshake; written by a reload.
     current: RwLock<Arc<load::Configs>>,
-    reloaded_ok: Counter,
-    reload_failed: Counter,
 }
 
 impl ServerTls {
@@ -59,14 +57,9 @@ impl ServerTls {
     /// be used.
     pub(crate) fn load(settings: &TlsConfig) -> Result<Arc<ServerTls>, TlsFileError> {
         let configs = load::Configs::load(settings)?;
-        // Handles made before the recorder is installed would record
-        // nowhere.
-        recorder();
         Ok(Arc::new(ServerTls {
             settings: settings.clone(),
             current: RwLock::new(Arc::new(configs)),
-            reloaded_ok: counter!(TLS_RELOADS_TOTAL, "result" => "ok"),
-            reload_failed: counter!(TLS_RELOADS_TOTAL, "result" => "error"),
         }))
     }
 
@@ -76,6 +69,10 @@ impl ServerTls {
         settings: &TlsConfig,
     ) -> Result<(Arc<ServerTls>, AbortOnDropHandle<()>), TlsFileError> {
         let tls = ServerTls::load(settings)?;
+        // Both series from the start, so that an alert on errors has a
+        // zero to rise from.
+        count_reload("ok", 0);
+        count_reload("error", 0);
         let interval = Duration::from_millis(settings.reload_interval_ms);
         tracing::info!(
             cert = %settings.cert.display(),
@@ -135,12 +132,12 @@ impl ServerTls {
                     .current
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(configs);
-                self.reloaded_ok.increment(1);
+                count_reload("ok", 1);
                 tracing::info!(why, cert = %self.settings.cert.display(), "TLS files reloaded");
                 true
             }
             Err(e) => {
-                self.reload_failed.increment(1);
+                count_reload("error", 1);
                 tracing::warn!(
                     why,
                     key = e.key,
@@ -152,6 +149,13 @@ impl ServerTls {
             }
         }
     }
+}
+
+/// Counts reloads with `result` (rare: the handle is not kept).
+fn count_reload(result: &'static str, n: u64) {
+    // Handles made before the recorder is installed would record nowhere.
+    recorder();
+    counter!(TLS_RELOADS_TOTAL, "result" => result).increment(n);
 }
 
 /// What a new gRPC connection on a TLS listener turned out to be.
