@@ -101,6 +101,7 @@ impl ServeArgs {
                 let config = Config::from_file(path)?;
                 config.check_files(&path.display().to_string())?;
                 config.check_environment(&path.display().to_string())?;
+                check_tls_files(&config, path)?;
                 config
             }
             None => Config::embedded_default()?,
@@ -263,11 +264,22 @@ fn serve(args: &ServeArgs) -> ExitCode {
     }
 }
 
+/// The files of `[server.tls]` checked (their contents, not only their
+/// names), as a config error naming the key and the file.
+fn check_tls_files(config: &Config, path: &std::path::Path) -> Result<(), ConfigError> {
+    crate::server::check_tls_files(&config.server).map_err(|e| ConfigError {
+        source: path.display().to_string(),
+        line: None,
+        key: Some(e.key.to_string()),
+        message: format!("{}: {}", e.path.display(), e.problem),
+    })
+}
+
 fn check_config(file: &std::path::Path) -> ExitCode {
     let config = Config::from_file(file).and_then(|config| {
-        config
-            .check_files(&file.display().to_string())
-            .map(|()| config)
+        config.check_files(&file.display().to_string())?;
+        check_tls_files(&config, file)?;
+        Ok(config)
     });
     match config {
         Ok(config) => {

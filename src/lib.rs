@@ -34,8 +34,9 @@
 //! - `batch`: GenerateBatch, many calls in one RPC
 //! - `chain`: a call's way through its model's fallbacks
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint
-//! - `connection`: connection caps, idle timeouts and the fd limit of both
-//!   listeners
+//! - `connection`: connection caps, idle timeouts, TLS and mTLS
+//!   (`connection::tls`, with the caller's certificate identity), and the
+//!   fd limit of both listeners
 //! - [`bench`]: `infergate bench`, the ghz-compatible load generator
 //! - [`health`]: `infergate health`, one grpc.health.v1 Check (for a
 //!   container HEALTHCHECK)

@@ -26,6 +26,7 @@ use crate::config::ReflectionAccess;
 use crate::config::{Config, ServerConfig};
 use crate::connection::activity::{CountCallsLayer, IdleTimeouts};
 use crate::connection::incoming::Incoming;
+use crate::connection::tls::ServerTls;
 use crate::connection::{self, ConnectionCap, fd_limit};
 use crate::deadline::{Arrival, ClientTimeout};
 use crate::gateway::Gateway;
@@ -98,6 +99,21 @@ pub enum ServeError {
     /// The transport failed.
     #[error("gRPC transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A file of `[server.tls]` cannot be used.
+    #[error("{0}")]
+    Tls(#[from] TlsFileError),
+}
+
+pub use crate::connection::tls::TlsFileError;
+
+/// Checks the files of `[server.tls]`, if any (readable, PEM, the key fits
+/// the certificate): what `check-config` and `serve` report before
+/// anything starts. `serve` loads them again when it starts.
+pub fn check_tls_files(config: &ServerConfig) -> Result<(), TlsFileError> {
+    match &config.tls {
+        Some(tls) => ServerTls::load(tls).map(drop),
+        None => Ok(()),
+    }
 }
 
 /// Binds `config.server.listen` and `metrics_listen`, starts the models,
@@ -106,15 +122,18 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> Resul
     let server_config = fit_fd_limit(config);
     let listener = bind(config.server.listen).await?;
     let metrics_listener = bind(config.server.metrics_listen).await?;
+    // Loaded before the models start: a bad file is reported at once.
+    let (tls, _reload) = start_tls(&server_config)?;
     let gateway = Arc::new(Gateway::from_config(config).map_err(ServeError::Pools)?);
     let stop_metrics = CancellationToken::new();
-    let metrics = tokio::spawn(metrics::http::serve_with(
+    let metrics = tokio::spawn(metrics::http::serve_tls(
         metrics_listener,
         gateway.clone(),
         metrics::http::MetricsLimits::from_config(&config.server),
+        tls.clone().filter(|tls| tls.for_metrics()),
         stop_metrics.clone(),
     ));
-    let result = run(listener, &server_config, gateway, shutdown).await;
+    let result = serve_grpc(listener, &server_config, gateway, tls, shutdown).await;
     // Metrics stay up through the drain, so the drain can be watched.
     stop_metrics.cancel();
     let _ = metrics.await;
@@ -161,15 +180,41 @@ async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
+/// The TLS configs of `[server.tls]`, if any, and their reload task (which
+/// ends when the handle drops).
+type StartedTls = (Option<Arc<ServerTls>>, Option<AbortOnDropHandle<()>>);
+
+fn start_tls(config: &ServerConfig) -> Result<StartedTls, ServeError> {
+    Ok(match &config.tls {
+        Some(settings) => {
+            let (tls, reload) = ServerTls::start(settings)?;
+            (Some(tls), Some(reload))
+        }
+        None => (None, None),
+    })
+}
+
 /// Serves the gateway on `listener` until `shutdown` resolves, then drains.
+/// With `[server.tls]`, over TLS, its files reloaded while it runs.
 pub async fn run(
     listener: TcpListener,
     config: &ServerConfig,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let (tls, _reload) = start_tls(config)?;
+    serve_grpc(listener, config, gateway, tls, shutdown).await
+}
+
+async fn serve_grpc(
+    listener: TcpListener,
+    config: &ServerConfig,
+    gateway: Arc<Gateway>,
+    tls: Option<Arc<ServerTls>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, models = gateway.models().len(), "serving gRPC");
+        tracing::info!(%addr, models = gateway.models().len(), tls = tls.is_some(), "serving gRPC");
     }
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, &gateway, ServingStatus::Serving).await;
@@ -219,6 +264,7 @@ pub async fn run(
             idle: config.idle_timeout(),
             first_call: config.first_call_timeout(),
         },
+        tls,
     );
     let server = transport(config)
         // Outermost: stamps each request's arrival before its body is read,

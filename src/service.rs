@@ -19,6 +19,7 @@ use crate::backend::FinishReason;
 use crate::batch;
 use crate::cache::Directive;
 use crate::config::ListModelsAccess;
+use crate::connection::tls::peer_identity;
 use crate::deadline::{Arrival, ClientTimeout};
 use crate::gateway::{CallOptions, Gateway};
 use crate::metrics::Method;
@@ -273,7 +274,9 @@ fn client_timeout<T>(request: &Request<T>) -> Option<Duration> {
 impl InferenceService {
     /// How a call came in: its arrival, grpc-timeout, RPC, cache-control
     /// and caller. With API keys on, a call without a valid one ends here,
-    /// UNAUTHENTICATED, before any model is looked at.
+    /// UNAUTHENTICATED, before any model is looked at; with keys off, the
+    /// caller is the mTLS client certificate's common name (or subject), if
+    /// the client sent one, else anonymous.
     fn options<T>(
         &self,
         request: &Request<T>,
@@ -281,7 +284,10 @@ impl InferenceService {
         id: &RequestId,
     ) -> Result<CallOptions, Status> {
         let caller = match self.gateway.auth() {
-            None => Caller::anonymous(),
+            // Without keys, an mTLS client certificate names the tenant.
+            None => peer_identity(request).map_or_else(Caller::anonymous, |peer| {
+                Caller::named(peer.common_name.unwrap_or(peer.subject))
+            }),
             Some(auth) => auth.authenticate(request.metadata()).map_err(|failure| {
                 let mut status = failure.to_status(&id.to_string());
                 status.metadata_mut().insert(REQUEST_ID, id.0.clone());

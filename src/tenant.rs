@@ -46,6 +46,14 @@ impl Caller {
         }
     }
 
+    /// A tenant without a key (an mTLS identity): weight 1, any priority.
+    pub fn named(tenant: Arc<str>) -> Self {
+        Caller {
+            tenant,
+            ..Caller::anonymous()
+        }
+    }
+
     /// Checks a call to `model` against the caller's key (its models,
     /// concurrency and rate); the permit holds its place under the key's
     /// concurrency limit until the call ends.

@@ -18,6 +18,11 @@ use serde::ser::{self, Serialize};
 /// Every table the code has, so that the serializer walks into each.
 const EVERY_TABLE: &str = r#"
 [server]
+[server.tls]
+cert = "server.pem"
+key = "server.key"
+client_ca = "ca.pem"
+client_auth = "optional"
 
 [auth]
 keys_file = "keys.toml"

@@ -178,6 +178,8 @@ impl Auth {
     /// Reads the keys file named by `config`; the error names the file and
     /// the entry at fault.
     pub fn load(config: &AuthConfig) -> Result<Auth, String> {
+        // Loaded before any model: the gauge needs the recorder in place.
+        crate::metrics::recorder();
         let path = config.keys_file.clone();
         let text =
             std::fs::read(&path).map_err(|e| describe(&path, format!("cannot read it: {e}")))?;

@@ -10,6 +10,7 @@ mod auth;
 mod error;
 mod openai;
 mod redact;
+mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,10 @@ pub use openai::{
     NamedUpstream, OpenAiConfig, UpstreamConfig,
 };
 pub use redact::{redact_url, url_secret};
+pub use tls::{
+    ClientAuth, DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_RELOAD_INTERVAL_MS, MAX_HANDSHAKE_TIMEOUT_MS,
+    MAX_RELOAD_INTERVAL_MS, MIN_RELOAD_INTERVAL_MS, TlsConfig,
+};
 pub(crate) use validate::{validate_fallbacks, validate_model_name};
 
 /// The configuration used when `serve` is given no `--config`: simulated
@@ -184,6 +189,10 @@ pub struct ServerConfig {
     /// own, so this bounds what one RPC can put in the queues.
     #[serde(default = "default_max_batch_items")]
     pub max_batch_items: usize,
+    /// TLS on the gRPC listener (and optionally `/metrics`); plain text
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -201,6 +210,7 @@ impl Default for ServerConfig {
             metrics_header_timeout_ms: DEFAULT_METRICS_HEADER_TIMEOUT_MS,
             metrics_connection_timeout_ms: DEFAULT_METRICS_CONNECTION_TIMEOUT_MS,
             max_batch_items: DEFAULT_MAX_BATCH_ITEMS,
+            tls: None,
         }
     }
 }
@@ -539,10 +549,14 @@ impl Config {
     /// directory; so is `auth.keys_file`. A bare program name (`python3`) is still looked up in
     /// `PATH`, and the arguments are left as they are: the worker runs in
     /// that directory, so `["python3", "worker.py"]` finds a `worker.py`
-    /// next to the file.
+    /// next to the file. The files of `[server.tls]` (`cert`, `key`,
+    /// `client_ca`) are joined to `dir` when relative.
     pub fn resolve_paths(&mut self, dir: &Path) {
         if let Some(auth) = &mut self.auth {
             auth.keys_file = dir.join(&auth.keys_file);
+        }
+        if let Some(tls) = self.server.tls.as_mut() {
+            tls.resolve_paths(dir);
         }
         for process in self.models.iter_mut().filter_map(|m| m.process.as_mut()) {
             let cwd = match process.cwd.take() {

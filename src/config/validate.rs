@@ -58,6 +58,9 @@ impl Config {
         if let Some(auth) = &self.auth {
             auth.validate()?;
         }
+        if let Some(tls) = &server.tls {
+            tls.validate()?;
+        }
         in_range(
             "server.max_batch_items",
             server.max_batch_items,

@@ -21,6 +21,8 @@ use tonic::codegen::http;
 use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
 
+use crate::connection::tls::PeerIdentity;
+
 /// How long a connection may go without a call in flight.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IdleTimeouts {
@@ -102,13 +104,16 @@ impl Drop for CallGuard {
 }
 
 /// What tonic puts in every request's extensions for our connections (in
-/// place of its `TcpConnectInfo`, so `Request::remote_addr` is `None`; the
-/// addresses are here).
+/// place of its `TcpConnectInfo`, which [`CountCalls`] puts there too, so
+/// that `Request::remote_addr` works).
 #[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     /// The connection's addresses.
     pub(crate) tcp: TcpConnectInfo,
     pub(crate) activity: Arc<Activity>,
+    /// The client certificate's identity, on an mTLS connection whose
+    /// client presented one.
+    pub(crate) peer: Option<PeerIdentity>,
 }
 
 /// Counts every request as a call on its connection; see the module docs.
@@ -141,11 +146,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let guard = request
-            .extensions()
-            .get::<ConnectionInfo>()
-            .map(|info| info.activity.start_call());
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        let info = request.extensions().get::<ConnectionInfo>();
+        let guard = info.map(|info| info.activity.start_call());
+        // tonic's `Request::remote_addr` looks for this.
+        if let Some(tcp) = info.map(|info| info.tcp.clone()) {
+            request.extensions_mut().insert(tcp);
+        }
         CountedFuture {
             inner: self.inner.call(request),
             guard,

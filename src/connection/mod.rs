@@ -12,6 +12,8 @@
 //! - [`incoming`]: the gRPC listener's accepted connections, each holding
 //!   its slot under the cap and closing itself once idle ([`activity`]
 //!   counts the calls in flight on it).
+//! - [`tls`]: TLS and mTLS on both listeners (handshakes, reload, the
+//!   client certificate's identity, the answer to plain-text clients).
 //! - [`fd_limit`]: raises the process's descriptor limit at start-up.
 //! - [`memory`]: hands the memory of a connection flood back to the system
 //!   once it is over.
@@ -27,6 +29,7 @@ mod cap;
 pub(crate) mod fd_limit;
 pub(crate) mod incoming;
 pub(crate) mod memory;
+pub(crate) mod tls;
 
 pub(crate) use cap::{ConnectionCap, Slot};
 

@@ -11,6 +11,11 @@
 //! slowloris sending a byte a second is closed when it runs out, and so is
 //! an idle keep-alive connection), and a cap on any connection's life (a
 //! client that reads its answer slowly, or sends requests forever).
+//!
+//! With `[server.tls] metrics = true` it is served over TLS (ALPN
+//! `http/1.1`), with the gRPC listener's certificate, client-certificate
+//! policy and reloads; the handshake runs in the connection's own task,
+//! under the header timeout.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -23,6 +28,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +36,8 @@ use crate::config::{
     DEFAULT_METRICS_CONNECTION_TIMEOUT_MS, DEFAULT_METRICS_HEADER_TIMEOUT_MS,
     DEFAULT_METRICS_MAX_CONNECTIONS, ServerConfig,
 };
-use crate::connection::{self, ConnectionCap, is_connection_error};
+use crate::connection::tls::ServerTls;
+use crate::connection::{self, ConnectionCap, Slot, is_connection_error};
 use crate::metrics::live::StatsSource;
 use crate::metrics::{live, recorder};
 
@@ -93,8 +100,19 @@ pub async fn serve_with(
     limits: MetricsLimits,
     stop: CancellationToken,
 ) {
+    serve_tls(listener, gateway, limits, None, stop).await;
+}
+
+/// [`serve_with`], over TLS when `tls` is given.
+pub(crate) async fn serve_tls(
+    listener: TcpListener,
+    gateway: Arc<dyn StatsSource>,
+    limits: MetricsLimits,
+    tls: Option<Arc<ServerTls>>,
+    stop: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, max_connections = limits.max_connections, "serving Prometheus metrics on /metrics");
+        tracing::info!(%addr, max_connections = limits.max_connections, tls = tls.is_some(), "serving Prometheus metrics on /metrics");
     }
     let cap = ConnectionCap::new(connection::METRICS, limits.max_connections);
     let upkeep = tokio::spawn({
@@ -123,7 +141,7 @@ pub async fn serve_with(
             },
             () = stop.cancelled() => break,
         };
-        let Some(mut slot) = cap.admit() else {
+        let Some(slot) = cap.admit() else {
             // Full of connections that have sent requests: closed at once,
             // counted by the cap.
             drop(stream);
@@ -131,40 +149,63 @@ pub async fn serve_with(
         };
         let gateway = gateway.clone();
         let stop = stop.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let starter = slot.starter();
-            let service = service_fn(move |request| {
-                // A whole request head came: the connection keeps its place.
-                starter.mark_started();
-                respond(request, gateway.clone())
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => Some(result),
-                () = tokio::time::sleep(limits.connection_timeout) => {
-                    slot.closed_by_limit("connection_timeout");
-                    connection.as_mut().graceful_shutdown();
-                    tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await.ok()
-                }
-                // A newcomer took the place of this connection, which never
-                // sent a whole request head (e.g. a slowloris).
-                () = slot.evicted() => None,
-                () = stop.cancelled() => None,
+            let Some(tls) = tls else {
+                return serve_connection(stream, slot, gateway, limits, stop).await;
             };
-            if let Some(Err(e)) = result {
-                if e.is_timeout() {
-                    slot.closed_by_limit("header_timeout");
-                }
-                tracing::debug!(error = %e, "metrics connection ended with an error");
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.metrics());
+            // The handshake counts as sending the request head.
+            match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(stream, slot, gateway, limits, stop).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics TLS handshake failed"),
+                Err(_) => slot.closed_by_limit("header_timeout"),
             }
-            drop(slot);
         });
     }
     upkeep.abort();
+}
+
+/// Serves one connection within `limits`, holding its `slot`.
+async fn serve_connection<I>(
+    io: I,
+    mut slot: Slot,
+    gateway: Arc<dyn StatsSource>,
+    limits: MetricsLimits,
+    stop: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let starter = slot.starter();
+    let service = service_fn(move |request| {
+        // A whole request head came: the connection keeps its place.
+        starter.mark_started();
+        respond(request, gateway.clone())
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        () = tokio::time::sleep(limits.connection_timeout) => {
+            slot.closed_by_limit("connection_timeout");
+            connection.as_mut().graceful_shutdown();
+            tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await.ok()
+        }
+        // A newcomer took the place of this connection, which never
+        // sent a whole request head (e.g. a slowloris).
+        () = slot.evicted() => None,
+        () = stop.cancelled() => None,
+    };
+    if let Some(Err(e)) = result {
+        if e.is_timeout() {
+            slot.closed_by_limit("header_timeout");
+        }
+        tracing::debug!(error = %e, "metrics connection ended with an error");
+    }
+    drop(slot);
 }
 
 async fn respond(

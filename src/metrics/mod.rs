@@ -96,6 +96,8 @@ pub const AUTH_FAILURES_TOTAL: &str = "infergate_auth_failures_total";
 pub const AUTH_KEYS: &str = "infergate_auth_keys";
 /// Reloads of the keys file, by result.
 pub const AUTH_RELOADS_TOTAL: &str = "infergate_auth_reloads_total";
+/// Reloads of the TLS files, by result (`ok`, `error`).
+pub const TLS_RELOADS_TOTAL: &str = "infergate_tls_reloads_total";
 /// Always 1, labelled with the version.
 pub const BUILD_INFO: &str = "infergate_build_info";
 
@@ -284,6 +286,11 @@ fn describe() {
         AUTH_RELOADS_TOTAL,
         Unit::Count,
         "Reads of a changed keys file, by result: ok (the new keys are in force) or error (the old keys stay) (reloads)."
+    );
+    describe_counter!(
+        TLS_RELOADS_TOTAL,
+        Unit::Count,
+        "Reloads of the [server.tls] files (on a change or SIGHUP), by result: ok, or error (the certificate in use was kept; the log says why) (reloads)."
     );
     describe_gauge!(
         BUILD_INFO,
