@@ -134,6 +134,16 @@ pub fn recorder() -> &'static PrometheusHandle {
         }
         describe();
         metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        // The security series exist from start-up, at zero, with or
+        // without keys and TLS: dashboards and alerts read 0, not "no data".
+        for reason in ["missing", "malformed", "unknown"] {
+            metrics::counter!(AUTH_FAILURES_TOTAL, "reason" => reason).absolute(0);
+        }
+        for result in ["ok", "error"] {
+            metrics::counter!(AUTH_RELOADS_TOTAL, "result" => result).absolute(0);
+            metrics::counter!(TLS_RELOADS_TOTAL, "result" => result).absolute(0);
+        }
+        metrics::gauge!(AUTH_KEYS).set(0.0);
         handle
     })
 }
