@@ -531,3 +531,76 @@ fn the_keys_command_prints_the_key_once_and_stores_its_hash() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priority_is_capped_at_the_keys_max_priority() {
+    let dir = TempDir::new("priority");
+    let keys = dir.keys();
+    let capped = add(&args("capped", &keys)).expect("add");
+    let boss = add(&AddArgs {
+        max_priority: 50,
+        ..args("boss", &keys)
+    })
+    .expect("add");
+    let config = format!(
+        "[auth]\nkeys_file = \"{}\"\n{}",
+        keys.display(),
+        simulated("one", 150, 1, 8)
+    );
+    let server = TestServer::start(&config).await;
+    let client = server.client().await;
+    let one = &server.gateway.models()[0];
+    // Which of a low- and a high-priority call (sent in that order behind
+    // a running one) is served first, with `key`.
+    let first_served = |key: String| {
+        let client = client.clone();
+        async move {
+            let send = |prompt: &str, priority: u32| {
+                let mut client = client.clone();
+                let mut message = request("one", prompt);
+                message.priority = priority;
+                let message = with_key(message, &key);
+                tokio::spawn(async move { client.generate(message).await })
+            };
+            let wait_queued = |n: usize| async move {
+                for _ in 0..2000 {
+                    if one.stats().queued == n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                panic!("the queue never held {n}");
+            };
+            let running = send("running", 0);
+            for _ in 0..2000 {
+                if one.stats().busy == 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let low = send("low", 0);
+            wait_queued(1).await;
+            let high = send("high", 50);
+            wait_queued(2).await;
+            running.await.expect("task").expect("running call");
+            let wait = |call: tokio::task::JoinHandle<
+                Result<tonic::Response<proto::GenerateResponse>, tonic::Status>,
+            >| async move {
+                let response = call.await.expect("task").expect("served").into_inner();
+                response.timing.expect("timing").queue_wait_us
+            };
+            let (low, high) = (wait(low).await, wait(high).await);
+            if high < low { "high" } else { "low" }
+        }
+    };
+    assert_eq!(
+        first_served(boss).await,
+        "high",
+        "a key allowed priority 50 jumps its own queue"
+    );
+    assert_eq!(
+        first_served(capped).await,
+        "low",
+        "a key capped at 0 is served in arrival order"
+    );
+}
