@@ -604,3 +604,34 @@ async fn a_priority_is_capped_at_the_keys_max_priority() {
         "a key capped at 0 is served in arrival order"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_never_reach_the_logs_even_at_trace_level() {
+    let dir = TempDir::new("logs");
+    let keys = dir.keys();
+    let key = add(&args("logged", &keys)).expect("add");
+    let config = format!(
+        "{}[auth]\nkeys_file = \"{}\"\n{}",
+        common::binary::listen_anywhere(),
+        keys.display(),
+        simulated("quick", 1, 1, 4)
+    );
+    // Everything, the HTTP/2 and TLS crates included.
+    let server = common::binary::BinaryServer::start_with("auth-logs", &config, &[], "trace").await;
+    let mut client = server.client().await;
+    call(&mut client, "quick", Some(&key))
+        .await
+        .expect("served");
+    let _ = call(&mut client, "quick", Some(&format!("{key}x"))).await;
+    let huge = format!("ig_{}", "a".repeat(10_000));
+    let status = call(&mut client, "quick", Some(&huge)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let hash = infergate::auth::keys::hex(&infergate::auth::keys::hash(&key));
+    // The refused calls' lines are written by now (the server answered).
+    let lines = server.log_lines();
+    assert!(lines.len() > 10, "trace logging produced almost nothing");
+    for line in &lines {
+        assert!(!line.contains(&key[3..20]), "a key in the log: {line}");
+        assert!(!line.contains(&hash), "a key's hash in the log: {line}");
+    }
+}
