@@ -38,16 +38,7 @@ impl Drop for TempDir {
 }
 
 fn args(name: &str, file: &Path) -> AddArgs {
-    AddArgs {
-        name: name.into(),
-        file: file.to_path_buf(),
-        models: None,
-        rate: None,
-        burst: None,
-        concurrency: None,
-        max_priority: 0,
-        weight: 1,
-    }
+    AddArgs::new(name, file)
 }
 
 /// Two simulated models (`chat-a` fast, `slow` 600 ms), keys required.

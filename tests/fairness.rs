@@ -148,17 +148,8 @@ async fn a_flooding_tenant_delays_another_by_one_turn_not_its_backlog() {
     let keys = dir.join("keys.toml");
     let _ = std::fs::remove_file(&keys);
     let add = |name: &str| {
-        infergate::auth::command::add(&infergate::auth::command::AddArgs {
-            name: name.into(),
-            file: keys.clone(),
-            models: None,
-            rate: None,
-            burst: None,
-            concurrency: None,
-            max_priority: 0,
-            weight: 1,
-        })
-        .expect("add a key")
+        infergate::auth::command::add(&infergate::auth::command::AddArgs::new(name, &keys))
+            .expect("add a key")
     };
     let (a, b) = (add("team-a"), add("team-b"));
     let config = format!(

@@ -71,6 +71,23 @@ pub struct AddArgs {
     pub weight: u32,
 }
 
+impl AddArgs {
+    /// A key of all models, without limits (for embedders and tests that
+    /// make keys without the command line).
+    pub fn new(name: impl Into<String>, file: impl Into<PathBuf>) -> AddArgs {
+        AddArgs {
+            name: name.into(),
+            file: file.into(),
+            models: None,
+            rate: None,
+            burst: None,
+            concurrency: None,
+            max_priority: 0,
+            weight: 1,
+        }
+    }
+}
+
 /// Runs a `keys` subcommand; the error is one line for stderr.
 pub fn run(args: &KeysArgs) -> Result<(), String> {
     match &args.action {
