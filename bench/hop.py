@@ -4,6 +4,7 @@ and infergate's echo model, in interleaved rounds (the order rotates), on
 this machine as it is (no pinning: for 2-core machines).
 
     python3 bench/hop.py [--rounds 5] [--seconds 3] [--workers 2] [--only bare,condvar,...]
+        [--before OLD_INFERGATE --only bare,infergate-before,infergate]
 
 Prints one line per measurement, then medians and min-max per server.
 CPU per call is utime + stime of the server (/proc/PID/stat) over the
@@ -32,6 +33,7 @@ def main():
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", default="bare,condvar,crossbeam,spin,blocking,infergate")
     parser.add_argument("--infergate", default=os.path.join(RELEASE, "infergate"))
+    parser.add_argument("--before", help="another infergate binary, served as 'infergate-before' (name it in --only)")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for infergate's environment")
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="hop-")
@@ -48,7 +50,8 @@ def main():
                 config = os.path.join(workdir, f"{name}.toml")
                 with open(config, "w") as f:
                     f.write(gateway_config(port, metrics_port, [model("echo", 0, args.workers, 4096)]))
-                command = [args.infergate, "serve", "--config", config]
+                binary = args.before if name == "infergate-before" else args.infergate
+                command = [binary, "serve", "--config", config]
             else:
                 command = [os.path.join(RELEASE, "examples", "hop_echo"), "--listen", f"127.0.0.1:{port}",
                            "--hop", name, "--workers", str(args.workers)]
