@@ -34,7 +34,7 @@ def main():
     parser.add_argument("--only", default="bare,condvar,crossbeam,spin,blocking,infergate")
     parser.add_argument("--infergate", default=os.path.join(RELEASE, "infergate"))
     parser.add_argument("--before", help="another infergate binary, served as 'infergate-before' (name it in --only)")
-    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for infergate's environment")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for infergate's environment (not infergate-before's)")
     args = parser.parse_args()
     workdir = tempfile.mkdtemp(prefix="hop-")
     h2 = H2load(workdir, "echo", "hello")
@@ -56,7 +56,7 @@ def main():
                 command = [os.path.join(RELEASE, "examples", "hop_echo"), "--listen", f"127.0.0.1:{port}",
                            "--hop", name, "--workers", str(args.workers)]
             env = dict(os.environ)
-            if name.startswith("infergate"):
+            if name == "infergate":
                 env.update(kv.split("=", 1) for kv in args.env)
             log = open(os.path.join(workdir, f"{name}.log"), "w")
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
