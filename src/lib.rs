@@ -42,6 +42,7 @@
 //!   container HEALTHCHECK)
 //! - [`auth`]: API keys: the keys file, its reloads, per-key limits
 //! - [`tenant`]: who a call is from (its tenant, weight and priority cap)
+//! - [`unary`]: a Generate call's future, admitted when made, small while it waits
 //! - [`cli`]: the command line
 
 pub mod auth;
@@ -68,6 +69,7 @@ pub(crate) mod service;
 pub(crate) mod status_fix;
 pub(crate) mod stream;
 pub mod tenant;
+pub mod unary;
 
 /// The generated messages, server and client of `infergate.v1`.
 #[allow(

@@ -17,8 +17,10 @@
 //! same admission, deadlines, cancellation and metrics.
 //!
 //! A handler [`WorkerPool::submit`]s a job and awaits the reply on a oneshot
-//! (or an mpsc for streams); waiting costs the caller a few hundred bytes of
-//! memory, not a thread. The [`Ticket`] it gets back is a drop guard: if the
+//! (or an mpsc for streams); waiting costs memory, not a thread: the job
+//! (264 bytes, in the queue) and the handler's future (see
+//! [`crate::unary`]), beside what tonic and h2 keep per open stream (most
+//! of a waiting call's ~5.4 KiB: `bench/FLOOR.md`). The [`Ticket`] it gets back is a drop guard: if the
 //! handler goes away (client cancelled, deadline passed), the job leaves
 //! the queue at once, or, if it is already running, its backend is told to
 //! stop.
