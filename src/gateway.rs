@@ -358,7 +358,8 @@ impl Gateway {
     ///
     /// Admission happens here, when the call is made (in the caller's
     /// span); the future only waits (see [`crate::unary`]: a plain call
-    /// waits in a few hundred bytes).
+    /// waits in a few hundred bytes). Call it inside a tokio runtime: an
+    /// admitted call starts its deadline's timer here.
     pub fn generate(
         &self,
         request: proto::GenerateRequest,
