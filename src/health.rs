@@ -4,12 +4,15 @@
 //!
 //! Prints the status (`SERVING`, `NOT_SERVING`, ...) and exits 0 when it is
 //! `SERVING`, 1 for anything else: another status, an unknown service, no
-//! answer within `--timeout`. An address that is not host:port exits 64.
+//! answer within `--timeout`. An address that is not host:port, or a TLS
+//! file that cannot be read, exits 64. `--cacert` (with `--cert`/`--key`
+//! for mTLS) checks a gateway that serves TLS (`[server.tls]`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -28,6 +31,46 @@ pub struct HealthArgs {
     /// Give up (exit 1) after this long, connecting included (e.g. 3s, 500ms).
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Connect with TLS, trusting this CA bundle (PEM): for a gateway with
+    /// `[server.tls]`.
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// With --cacert: the client certificate (PEM) for an mTLS gateway.
+    #[arg(long, value_name = "FILE", requires = "key", requires = "cacert")]
+    pub cert: Option<PathBuf>,
+    /// With --cert: its private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of
+    /// --addr).
+    #[arg(long, value_name = "NAME", requires = "cacert")]
+    pub server_name: Option<String>,
+}
+
+impl HealthArgs {
+    /// The client TLS settings these flags ask for, if any; errors name the
+    /// flag and the file.
+    fn tls(&self) -> Result<Option<ClientTlsConfig>, HealthError> {
+        let Some(cacert) = &self.cacert else {
+            return Ok(None);
+        };
+        let read = |flag: &str, path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| HealthError::Usage(format!("{flag} {}: {e}", path.display())))
+        };
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--cacert", cacert)?));
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            tls = tls.identity(Identity::from_pem(
+                read("--cert", cert)?,
+                read("--key", key)?,
+            ));
+        }
+        if let Some(name) = &self.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        Ok(Some(tls))
+    }
 }
 
 /// Why a check did not answer `SERVING`.
@@ -45,15 +88,21 @@ pub enum HealthError {
 /// (which may be `NOT_SERVING`), or why there is none.
 pub async fn check(args: &HealthArgs) -> Result<ServingStatus, HealthError> {
     let addr = args.addr.strip_prefix("http://").unwrap_or(&args.addr);
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    let tls = args.tls()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| HealthError::Usage(format!("{addr}: not a host:port ({e})")))?
         .connect_timeout(args.timeout)
         .timeout(args.timeout);
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| HealthError::Usage(format!("TLS settings: {e}")))?;
+    }
     let call = async {
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| HealthError::Unhealthy(format!("cannot connect to {addr}: {e}")))?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            HealthError::Unhealthy(format!("cannot connect to {addr}: {}", chain(&e)))
+        })?;
         let response = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: args.service.clone(),
@@ -72,4 +121,17 @@ pub async fn check(args: &HealthArgs) -> Result<ServingStatus, HealthError> {
                 args.timeout
             )))
         })
+}
+
+/// An error and its causes, `: `-separated (a TLS failure is several
+/// layers down a transport error).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

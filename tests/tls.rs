@@ -511,3 +511,59 @@ async fn python_grpcio_calls_over_mtls() {
     assert!(ok && text.contains("error UNAVAILABLE"), "{text}");
     let _ = std::fs::remove_dir_all(&pki.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infergate_health_checks_a_tls_and_an_mtls_gateway() {
+    let pki = Pki::new(&test_dir("health"), "ca");
+    pki.leaf("server", "server");
+    pki.leaf("prober", "prober");
+    let extra = format!(
+        "client_ca = \"{}\"\nclient_auth = \"optional\"",
+        pki.path("ca.pem")
+    );
+    let server = TestServer::start(&tls_table(&pki, &extra)).await;
+    let addr = server.addr.to_string();
+    // The child blocks: run it off the runtime's threads, which serve the
+    // gateway it checks.
+    let health = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(common::binary::bin())
+                .arg("health")
+                .args(args)
+                .output()
+                .expect("run infergate health")
+        })
+        .await
+        .expect("task")
+    };
+    let with = |extra: &[&str]| {
+        let mut args = vec!["--addr".to_string(), addr.clone()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let ca = pki.path("ca.pem");
+    let out = health(with(&["--cacert", &ca])).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    let (cert, key) = (pki.path("prober.pem"), pki.path("prober.key"));
+    let out = health(with(&["--cacert", &ca, "--cert", &cert, "--key", &key])).await;
+    assert!(
+        out.status.success(),
+        "mTLS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Plain text to a TLS listener: unhealthy, and told why.
+    let out = health(with(&[])).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("requires TLS"), "{stderr}");
+    // A CA file that is not there is a usage error naming the flag.
+    let out = health(with(&["--cacert", "/nonexistent/ca.pem"])).await;
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cacert"));
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}
