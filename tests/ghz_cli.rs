@@ -628,18 +628,23 @@ async fn unsupported_ghz_flags_warn_or_fail_clearly() {
     .ok();
     assert!(out.stdout.contains("[OK]\t50 responses"), "{}", out.stdout);
     assert!(out.stderr.contains("warning: --debug"), "{}", out.stderr);
-    // TLS cannot work against a plaintext server: refused, saying why.
+    // TLS flags are read up front: a CA file that is not there, or a
+    // request to skip verification, is refused, saying why. (TLS itself is
+    // tested against a TLS gateway in tests/tls.rs.)
     let out = run(&format!(
-        "infergate bench --cacert ./ca.pem --call infergate.v1.Inference/Generate {}",
+        "infergate bench --cacert ./no-such-ca.pem --call infergate.v1.Inference/Generate {}",
         server.addr
     ))
     .await;
     assert_eq!(out.code, 64, "{}", out.stderr);
     assert!(
-        out.stderr.contains("TLS is not supported"),
+        out.stderr.contains("--cacert ./no-such-ca.pem"),
         "{}",
         out.stderr
     );
+    let out = run(&format!("infergate bench --skipTLS {}", server.addr)).await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    assert!(out.stderr.contains("--skipTLS"), "{}", out.stderr);
     let out = run(&format!("infergate bench -O prometheus {}", server.addr)).await;
     assert_eq!(out.code, 2, "{}", out.stderr);
 }

@@ -567,3 +567,49 @@ async fn infergate_health_checks_a_tls_and_an_mtls_gateway() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cacert"));
     let _ = std::fs::remove_dir_all(&pki.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infergate_bench_loads_a_tls_and_an_mtls_gateway() {
+    let pki = Pki::new(&test_dir("bench"), "ca");
+    pki.leaf("server", "server");
+    pki.leaf("loader", "loader");
+    let extra = format!("client_ca = \"{}\"", pki.path("ca.pem"));
+    let server = TestServer::start(&tls_table(&pki, &extra)).await;
+    let ca = pki.path("ca.pem");
+    let (cert, key) = (pki.path("loader.pem"), pki.path("loader.key"));
+    let addr = server.addr.to_string();
+    let bench = move |identity: bool| {
+        let (ca, cert, key, addr) = (ca.clone(), cert.clone(), key.clone(), addr.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut command = std::process::Command::new(common::binary::bin());
+            command.args([
+                "bench",
+                "--cacert",
+                &ca,
+                "-d",
+                r#"{"model":"m","prompt":"x"}"#,
+            ]);
+            command.args(["-n", "20", "-c", "4", &addr]);
+            if identity {
+                command.args(["--cert", &cert, "--key", &key]);
+            }
+            command.output().expect("run infergate bench")
+        })
+    };
+    let out = bench(true).await.expect("task");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("[OK]\t20 responses"), "{stdout}");
+    // mTLS required: without a client certificate no call succeeds.
+    let out = bench(false).await.expect("task");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("[OK]"),
+        "served without a client certificate: {stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&pki.dir);
+}

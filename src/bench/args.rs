@@ -1,6 +1,6 @@
 //! The flags of `infergate bench`: ghz's flags, by ghz's names, so that a
 //! ghz command line runs unchanged. Flags that only matter to ghz (a proto
-//! file: the methods are compiled in; `--insecure`: plaintext is all this
+//! file: the methods are compiled in; `--insecure`: plaintext unless --cacert, as
 //! speaks) are accepted and do nothing. Flags are `Option`s so that a
 //! `--config` file fills what the command line leaves out, as in ghz;
 //! defaults are applied in [`crate::bench::settings`].
@@ -35,25 +35,25 @@ pub struct BenchArgs {
     /// No-op (accepted for ghz): proto import paths.
     #[arg(short = 'i', long = "import-paths", value_name = "PATHS")]
     pub import_paths: Option<String>,
-    /// No-op (accepted for ghz): infergate bench always speaks plaintext
-    /// HTTP/2 (h2c), which is what ghz's --insecure selects. TLS is not
-    /// supported (--cacert, --cert, --key, --cname, --skipTLS are refused).
+    /// No-op (accepted for ghz): without --cacert infergate bench speaks
+    /// plaintext HTTP/2 (h2c), which is what ghz's --insecure selects.
     #[arg(long)]
     pub insecure: bool,
-    /// Refused: TLS is not supported (ghz: skip certificate verification).
+    /// Refused: certificate verification is never skipped (give --cacert).
     #[arg(long = "skipTLS", hide = true)]
     pub skip_tls: bool,
-    /// Refused: TLS is not supported.
-    #[arg(long, hide = true)]
+    /// TLS: the CA bundle (PEM) the gateway's certificate must chain to.
+    #[arg(long, value_name = "FILE")]
     pub cacert: Option<String>,
-    /// Refused: TLS is not supported.
-    #[arg(long, hide = true)]
+    /// TLS: the client certificate (PEM), for an mTLS gateway (with --key).
+    #[arg(long, value_name = "FILE")]
     pub cert: Option<String>,
-    /// Refused: TLS is not supported.
-    #[arg(long, hide = true)]
+    /// TLS: the client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE")]
     pub key: Option<String>,
-    /// Refused: TLS is not supported.
-    #[arg(long, hide = true)]
+    /// TLS: the name the gateway's certificate must carry (default: the
+    /// target's host).
+    #[arg(long, value_name = "NAME")]
     pub cname: Option<String>,
     /// The :authority of every call (default: the target).
     #[arg(long)]

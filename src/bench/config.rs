@@ -93,6 +93,14 @@ pub struct ConfigFile {
     pub cpus: Option<usize>,
     /// "authority".
     pub authority: Option<String>,
+    /// "cacert", "cert", "key", "cname": TLS (see [`super::Settings::tls`]).
+    pub cacert: Option<String>,
+    /// "cert".
+    pub cert: Option<String>,
+    /// "key".
+    pub key: Option<String>,
+    /// "cname".
+    pub cname: Option<String>,
     /// What was accepted but not honoured, for the user.
     pub warnings: Vec<String>,
 }
@@ -195,10 +203,14 @@ impl ConfigFile {
                 "cpus" => config.cpus = Some(size()?),
                 "authority" => config.authority = Some(string()?),
                 "load-schedule" | "concurrency-schedule" => only_const(key, &string()?, source)?,
-                "cacert" | "cert" | "key" | "cname" | "skipTLS" => {
-                    if !(value.is_null() || value == &Value::Bool(false) || value == "") {
+                "cacert" => config.cacert = Some(string()?).filter(|s| !s.is_empty()),
+                "cert" => config.cert = Some(string()?).filter(|s| !s.is_empty()),
+                "key" => config.key = Some(string()?).filter(|s| !s.is_empty()),
+                "cname" => config.cname = Some(string()?).filter(|s| !s.is_empty()),
+                "skipTLS" => {
+                    if !(value.is_null() || value == &Value::Bool(false)) {
                         return Err(format!(
-                            "--config {source}: \"{key}\": TLS is not supported; infergate bench speaks plaintext HTTP/2 (h2c)"
+                            "--config {source}: \"skipTLS\": skipping certificate verification is not supported; give \"cacert\""
                         ));
                     }
                 }
@@ -260,7 +272,15 @@ mod tests {
 
     #[test]
     fn refuses_what_it_cannot_do_and_warns_on_the_unknown() {
-        assert!(parse(r#"{"cacert":"ca.pem"}"#).unwrap_err().contains("TLS"));
+        assert_eq!(
+            parse(r#"{"cacert":"ca.pem"}"#).unwrap().cacert.as_deref(),
+            Some("ca.pem")
+        );
+        assert!(
+            parse(r#"{"skipTLS":true}"#)
+                .unwrap_err()
+                .contains("skipTLS")
+        );
         assert!(parse(r#"{"load-schedule":"step"}"#).is_err());
         assert!(parse(r#"{"load-schedule":"const","skipTLS":false}"#).is_ok());
         assert!(parse(r#"{"total":"many"}"#).unwrap_err().contains("total"));

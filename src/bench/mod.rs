@@ -38,7 +38,7 @@ pub mod template;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 pub use args::{BenchArgs, Format};
 use calldata::CallData;
@@ -66,17 +66,34 @@ pub async fn run_settings(settings: &Settings) -> Result<String, String> {
     let target = &settings.target;
     let mut channels = Vec::with_capacity(settings.connections);
     for _ in 0..settings.connections {
-        let mut endpoint = Endpoint::from_shared(format!("http://{target}"))
+        let scheme = if settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{target}"))
             .map_err(|e| format!("{target}: not a host:port ({e})"))?
             .tcp_nodelay(true)
             .connect_timeout(settings.connect_timeout);
+        if let Some(tls) = &settings.tls {
+            let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(name) = &tls.server_name {
+                config = config.domain_name(name.clone());
+            }
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| format!("TLS settings: {e}"))?;
+        }
         if let Some(keepalive) = settings.keepalive {
             endpoint = endpoint
                 .http2_keep_alive_interval(keepalive)
                 .keep_alive_timeout(keepalive);
         }
         if let Some(authority) = &settings.authority {
-            let origin = format!("http://{authority}")
+            let origin = format!("{scheme}://{authority}")
                 .parse()
                 .map_err(|e| format!("--authority {authority:?}: {e}"))?;
             endpoint = endpoint.origin(origin);

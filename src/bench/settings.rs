@@ -53,6 +53,8 @@ pub struct Settings {
     pub keepalive: Option<Duration>,
     /// The `:authority` of every call (`--authority`).
     pub authority: Option<String>,
+    /// TLS (`--cacert`, `--cert`/`--key`, `--cname`); `None`: plaintext.
+    pub tls: Option<TlsSettings>,
     /// The report format (`-O`).
     pub format: Format,
     /// Where the report goes (`-o`); `None`: stdout.
@@ -83,7 +85,12 @@ impl BenchArgs {
             None => ConfigFile::default(),
         };
         let mut warnings = std::mem::take(&mut config.warnings);
-        self.refuse_tls()?;
+        if self.skip_tls {
+            return Err(
+                "--skipTLS: skipping certificate verification is not supported; give --cacert"
+                    .into(),
+            );
+        }
         for (flag, schedule) in [
             ("--load-schedule", &self.load_schedule),
             ("--concurrency-schedule", &self.concurrency_schedule),
@@ -210,6 +217,12 @@ impl BenchArgs {
                 .unwrap_or(Duration::from_secs(10)),
             keepalive: self.keepalive.or(config.keepalive).filter(|k| !k.is_zero()),
             authority: self.authority.clone().or(config.authority.take()),
+            tls: TlsSettings::read(
+                self.cacert.clone().or(config.cacert.take()),
+                self.cert.clone().or(config.cert.take()),
+                self.key.clone().or(config.key.take()),
+                self.cname.clone().or(config.cname.take()),
+            )?,
             format: self.format.or(config.format).unwrap_or(Format::Summary),
             output: self.output.clone().or(config.output.take()),
             name: self.name.clone().or(config.name.take()),
@@ -222,21 +235,52 @@ impl BenchArgs {
             warnings,
         })
     }
+}
 
-    fn refuse_tls(&self) -> Result<(), String> {
-        let tls = [
-            ("--skipTLS", self.skip_tls),
-            ("--cacert", self.cacert.is_some()),
-            ("--cert", self.cert.is_some()),
-            ("--key", self.key.is_some()),
-            ("--cname", self.cname.is_some()),
-        ];
-        match tls.iter().find(|(_, given)| *given) {
-            Some((flag, _)) => Err(format!(
-                "{flag}: TLS is not supported; infergate bench speaks plaintext HTTP/2 (h2c), as ghz --insecure"
-            )),
-            None => Ok(()),
-        }
+/// A TLS connection's settings, the files read.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// The CA bundle (PEM).
+    pub ca: Vec<u8>,
+    /// The client certificate and key (PEM), for mTLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the server's certificate must carry.
+    pub server_name: Option<String>,
+}
+
+impl TlsSettings {
+    /// Reads the files the TLS flags name; `None` without `--cacert`.
+    /// Errors name the flag and the file.
+    fn read(
+        cacert: Option<String>,
+        cert: Option<String>,
+        key: Option<String>,
+        cname: Option<String>,
+    ) -> Result<Option<TlsSettings>, String> {
+        let read =
+            |flag: &str, path: &str| std::fs::read(path).map_err(|e| format!("{flag} {path}: {e}"));
+        let Some(cacert) = cacert else {
+            if let Some((flag, _)) = [("--cert", &cert), ("--key", &key), ("--cname", &cname)]
+                .into_iter()
+                .find(|(_, given)| given.is_some())
+            {
+                return Err(format!(
+                    "{flag}: TLS needs --cacert (the CA bundle that signed the gateway's certificate)"
+                ));
+            }
+            return Ok(None);
+        };
+        let identity = match (cert, key) {
+            (Some(cert), Some(key)) => Some((read("--cert", &cert)?, read("--key", &key)?)),
+            (None, None) => None,
+            (Some(_), None) => return Err("--cert: needs --key".into()),
+            (None, Some(_)) => return Err("--key: needs --cert".into()),
+        };
+        Ok(Some(TlsSettings {
+            ca: read("--cacert", &cacert)?,
+            identity,
+            server_name: cname,
+        }))
     }
 }
 
