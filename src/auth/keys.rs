@@ -30,6 +30,24 @@ pub const MAX_WEIGHT: u32 = 1000;
 pub const MAX_RATE: f64 = 1_000_000.0;
 /// Highest burst or concurrency limit.
 pub const MAX_LIMIT: u32 = 1_000_000;
+/// Largest keys file read: 10,000 entries take about 3 MB.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads a keys file, refusing one larger than [`MAX_FILE_BYTES`] before
+/// reading it (a file replaced by something huge must not take the
+/// gateway's memory).
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("is larger than {MAX_FILE_BYTES} bytes"));
+    }
+    Ok(bytes)
+}
 
 /// The keys file.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -95,7 +113,8 @@ impl KeysFile {
 
     /// Reads and checks the file at `path`.
     pub fn read(path: &Path) -> Result<KeysFile, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+        let bytes = read_bytes(path)?;
+        let text = String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_string())?;
         KeysFile::parse(&text)
     }
 
@@ -271,6 +290,17 @@ mod tests {
 
     fn entry(name: &str) -> KeyEntry {
         KeyEntry::new(name, hex(&hash(name)))
+    }
+
+    #[test]
+    fn a_huge_keys_file_is_refused_before_it_is_read_whole() {
+        let path = std::env::temp_dir().join(format!("infergate-huge-keys-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        // Sparse: no disk written.
+        file.set_len(MAX_FILE_BYTES + 1).unwrap();
+        let e = KeysFile::read(&path).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        assert!(e.contains("larger than"), "{e}");
     }
 
     #[test]

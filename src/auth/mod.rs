@@ -181,8 +181,7 @@ impl Auth {
         // Loaded before any model: the gauge needs the recorder in place.
         crate::metrics::recorder();
         let path = config.keys_file.clone();
-        let text =
-            std::fs::read(&path).map_err(|e| describe(&path, format!("cannot read it: {e}")))?;
+        let text = keys::read_bytes(&path).map_err(|why| describe(&path, why))?;
         let auth = Auth {
             reload_interval: Duration::from_millis(config.reload_interval_ms),
             reflection: config.reflection,
@@ -250,9 +249,9 @@ impl Auth {
 
     /// Re-reads the keys file if it changed.
     pub fn reload(&self) -> Reloaded {
-        match std::fs::read(&self.path) {
+        match keys::read_bytes(&self.path) {
             Ok(text) => self.apply(text),
-            Err(e) => self.refused(format!("cannot read it: {e}")),
+            Err(why) => self.refused(why),
         }
     }
 
