@@ -304,6 +304,21 @@ impl From<Error> for Status {
     }
 }
 
+/// An error and its causes, `: `-separated, for logs and for the command
+/// line (a transport's own Display often stops at "transport error" or
+/// "error sending request", the cause being layers down). Never for a
+/// client's status: causes may carry an upstream's words.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn deadline_message(deadline: &Deadline, stage: Stage) -> String {
     match stage {
         Stage::Admission => format!(

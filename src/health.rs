@@ -101,7 +101,10 @@ pub async fn check(args: &HealthArgs) -> Result<ServingStatus, HealthError> {
     }
     let call = async {
         let channel = endpoint.connect().await.map_err(|e| {
-            HealthError::Unhealthy(format!("cannot connect to {addr}: {}", chain(&e)))
+            HealthError::Unhealthy(format!(
+                "cannot connect to {addr}: {}",
+                crate::error::chain(&e)
+            ))
         })?;
         let response = HealthClient::new(channel)
             .check(HealthCheckRequest {
@@ -121,17 +124,4 @@ pub async fn check(args: &HealthArgs) -> Result<ServingStatus, HealthError> {
                 args.timeout
             )))
         })
-}
-
-/// An error and its causes, `: `-separated (a TLS failure is several
-/// layers down a transport error).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -98,7 +98,8 @@ impl Shared {
         let response = match self.http.post(&target.chat, body).await {
             Ok(response) => response,
             Err((failure, error)) => {
-                let text = error.map_or_else(|| "no HTTP client".into(), |e| http::error_chain(&e));
+                let text =
+                    error.map_or_else(|| "no HTTP client".into(), |e| crate::error::chain(&e));
                 let error = failed(attempt, failure, &text);
                 if failure == Failure::Connect {
                     attempt.verdict(Verdict::Failed);
@@ -152,7 +153,7 @@ async fn whole(
             return Err(failed(
                 attempt,
                 Failure::of(&error),
-                &http::error_chain(&error),
+                &crate::error::chain(&error),
             ));
         }
     };
@@ -192,7 +193,7 @@ async fn streamed(
                 return Err(failed(
                     attempt,
                     Failure::of(&error),
-                    &http::error_chain(&error),
+                    &crate::error::chain(&error),
                 ));
             }
             Err(SseError::TooLong) => {

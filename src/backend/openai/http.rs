@@ -135,7 +135,7 @@ impl Http {
         match request.send().await {
             Ok(response) if response.status().as_u16() < 500 => Ok(response.status().as_u16()),
             Ok(response) => Err(format!("the probe got HTTP {}", response.status().as_u16())),
-            Err(error) => Err(format!("the probe failed: {}", error_chain(&error))),
+            Err(error) => Err(format!("the probe failed: {}", crate::error::chain(&error))),
         }
     }
 }
@@ -180,19 +180,6 @@ pub(super) async fn error_body(mut response: reqwest::Response) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
-/// An error and its causes, for the log (reqwest's own Display stops at
-/// "error sending request").
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 fn build(connect: Duration, read: Duration) -> Result<reqwest::Client, String> {
     let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -208,7 +195,7 @@ fn build(connect: Duration, read: Duration) -> Result<reqwest::Client, String> {
         .read_timeout(read)
         .user_agent(concat!("infergate/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| error_chain(&e))
+        .map_err(|e| crate::error::chain(&e))
 }
 
 /// The roots every https upstream is checked against, loaded once per
