@@ -16,7 +16,7 @@ use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::auth;
+use crate::auth::{self, AuthFailure};
 use crate::backend::FinishReason;
 use crate::batch;
 use crate::cache::Directive;
@@ -157,9 +157,9 @@ impl Inference for InferenceService {
                 (Caller::anonymous(), ListModelsAccess::Open)
             }
             Some(auth) => {
-                let caller = auth.authenticate(request.metadata()).map_err(|failure| {
-                    failure.to_status(&RequestId::of(request.metadata()).to_string())
-                })?;
+                let caller = auth
+                    .authenticate(request.metadata())
+                    .map_err(|failure| RequestId::of(request.metadata()).auth_status(failure))?;
                 (caller, auth.list_models())
             }
         };
@@ -250,6 +250,14 @@ impl RequestId {
         status.metadata_mut().insert(REQUEST_ID, self.0.clone());
         status
     }
+
+    /// The UNAUTHENTICATED status of a call without a valid key, carrying
+    /// this id like every other error.
+    fn auth_status(&self, failure: AuthFailure) -> Status {
+        let mut status = failure.to_status(self.0.to_str().unwrap_or("?"));
+        status.metadata_mut().insert(REQUEST_ID, self.0.clone());
+        status
+    }
 }
 
 impl fmt::Display for RequestId {
@@ -306,11 +314,9 @@ impl InferenceService {
             None => peer_identity(request).map_or_else(Caller::anonymous, |peer| {
                 Caller::named(peer.common_name.unwrap_or(peer.subject))
             }),
-            Some(auth) => auth.authenticate(request.metadata()).map_err(|failure| {
-                let mut status = failure.to_status(&id.to_string());
-                status.metadata_mut().insert(REQUEST_ID, id.0.clone());
-                status
-            })?,
+            Some(auth) => auth
+                .authenticate(request.metadata())
+                .map_err(|failure| id.auth_status(failure))?,
         };
         let cache = request
             .metadata()

@@ -197,6 +197,10 @@ async fn list_models_shows_what_the_key_may_use_and_reflection_follows_its_setti
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(
+        status.metadata().get("x-request-id").is_some(),
+        "{status:?}"
+    );
     let listed = client
         .list_models(with_key(proto::ListModelsRequest {}, &chat))
         .await
@@ -618,7 +622,26 @@ async fn keys_never_reach_the_logs_even_at_trace_level() {
     let status = call(&mut client, "quick", Some(&huge)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     let hash = infergate::auth::keys::hex(&infergate::auth::keys::hash(&key));
-    // The refused calls' lines are written by now (the server answered).
+    // The log is read from a pipe by another thread: a last call with a
+    // marked request id, awaited in the log, means every line of the calls
+    // above (logged before they were answered) has been read.
+    let mut marked = with_key(request("quick", "last"), &key);
+    marked
+        .metadata_mut()
+        .insert("x-request-id", "after-the-keys".parse().expect("ascii"));
+    client.generate(marked).await.expect("served");
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    while !server
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("after-the-keys"))
+    {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the marked call never reached the log"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let lines = server.log_lines();
     assert!(lines.len() > 10, "trace logging produced almost nothing");
     for line in &lines {
